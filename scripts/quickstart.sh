@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 PY=.venv/bin/python
-DATA=data-bin/pg-sample
-SAVE=checkpoints/quickstart
+DATA=${QUICKSTART_DATA:-data-bin/pg-sample}
+SAVE=${QUICKSTART_SAVE:-checkpoints/quickstart}
 UPDATES=${QUICKSTART_UPDATES:-400}
 
 echo "== 1/3 prepare examples/data/pg-sample -> $DATA"

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 from fairseq.models.roberta import RobertaModel
-from helpers import USER_DIR, json_log_records, run_fairseq, tiny_train_args
+from helpers import REPO, USER_DIR, json_log_records, run_fairseq, tiny_train_args
 
 from fairseq_ext.models.roberta_ext import VARIANTS
 
@@ -102,13 +102,13 @@ def test_reloaded_checkpoint_reproduces_the_validation_loss(trained, tiny_data, 
 
 def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path):
     proc = run_fairseq([
-        "fairseq-hydra-train", "--config-dir", "hydra_configs/roberta_ext", "--config-name", "zero_clap",
+        "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", "zero_clap",
         f"task.data={tiny_data}", f"common.user_dir={USER_DIR}", "model._name=roberta_ext_zero_clap_tiny",
         f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}", "task.sample_break_mode=none",
         "dataset.batch_size=16", "dataset.num_workers=0", "optimization.update_freq=[1]",
         "optimization.max_update=20", "optimization.lr=[0.001]", "lr_scheduler.warmup_updates=5",
         "lr_scheduler.lr_period_updates=40", "common.cpu=true", "common.log_interval=2",
-        f"checkpoint.save_dir={tmp_path}"], cwd=str(USER_DIR).rsplit("/", 1)[0])
+        f"checkpoint.save_dir={tmp_path}"], cwd=tmp_path)  # hydra writes outputs/ into cwd
     # hydra logs "[time][train_inner][INFO] - {...}": take every JSON record with a "loss"
     losses = [float(r["loss"]) for r in json_log_records(proc.stdout + proc.stderr, prefix="*") if "loss" in r]
     assert len(losses) >= 5 and losses[-1] < losses[0] - 0.3

@@ -1,4 +1,4 @@
-"""Data preparation, BPE and datasets of fairseq_ext."""
-from fairseq_ext._autoimport import import_submodules
+"""Data preparation (``python -m fairseq_ext.data.prepare``) and datasets of fairseq_ext.
 
-import_submodules(__name__, __path__)
+Nothing here registers with fairseq, so nothing is imported eagerly.
+"""

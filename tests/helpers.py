@@ -1,0 +1,74 @@
+"""Shared helpers for tests that run real fairseq processes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = str(REPO / "fairseq_ext")
+SHARED_DATA = REPO.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+
+def subprocess_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra or {})
+    return env
+
+
+def run_fairseq(argv: List[str], timeout: float = 300, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run a fairseq console script (``fairseq-train`` ...) of this venv; fail with its output."""
+    cmd = [str(BIN / argv[0])] + [str(a) for a in argv[1:]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=subprocess_env(env))
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def run_python(code: str, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python process (nothing of this process imported)."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=subprocess_env())
+    if proc.returncode != 0:
+        raise AssertionError(f"python -c failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def json_log_records(output: str, prefix: str = "train_inner") -> List[dict]:
+    """Records fairseq prints with ``--log-format json`` (one JSON object per line)."""
+    records = []
+    for line in output.splitlines():
+        start = line.find("{")
+        if start < 0 or f"| {prefix} |" not in line and prefix != "*":
+            continue
+        try:
+            records.append(json.loads(line[start:]))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def tiny_train_args(data_dir, save_dir, arch="roberta_ext_baseline_tiny", updates=20, extra=()) -> List[str]:
+    """A few-second masked-LM fairseq-train command line on CPU."""
+    return ["fairseq-train", str(data_dir), "--user-dir", USER_DIR, "--task", "masked_lm",
+            "--criterion", "masked_lm", "--arch", arch, "--cpu", "--num-workers", "0",
+            "--tokens-per-sample", "64", "--sample-break-mode", "none", "--batch-size", "16",
+            "--optimizer", "adam", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt",
+            "--warmup-updates", "5", "--max-update", str(updates), "--log-format", "json",
+            "--log-interval", "2", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
+            "--seed", "1", *extra]
+
+
+def set_arg(argv: List[str], flag: str, value) -> List[str]:
+    """A copy of ``argv`` with ``flag``'s value replaced (or the flag appended)."""
+    argv = list(argv)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = str(value)
+    else:
+        argv += [flag, str(value)]
+    return argv

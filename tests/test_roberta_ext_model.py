@@ -1,0 +1,228 @@
+"""roberta_ext in-process: every variant, the CLAP head, zero/self masking, old checkpoints,
+configuration errors and the masked_lm_ext dictionary."""
+from argparse import Namespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.data import Dictionary
+from fairseq.models import ARCH_CONFIG_REGISTRY
+from fairseq.models.roberta import RobertaModel
+from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
+
+import fairseq_ext  # noqa: F401  (registers)
+from fairseq_ext.models.roberta_ext import VARIANTS, ClapHead, RobertaExtModel
+from fairseq_ext.tasks.masked_lm_ext import MaskedLMExtConfig, MaskedLMExtTask, OutOfVocabMaskDictionary
+
+VOCAB = [f"w{i}" for i in range(40)]
+
+
+def _dictionary():
+    d = Dictionary()
+    for w in VOCAB:
+        d.add_symbol(w)
+    return d
+
+
+def _task():
+    return MaskedLMTask(MaskedLMConfig(data="unused", tokens_per_sample=32), _dictionary())
+
+
+def build(arch, task=None, **overrides):
+    torch.manual_seed(0)
+    args = Namespace(arch=arch, max_positions=32, **overrides)
+    ARCH_CONFIG_REGISTRY[arch](args)
+    return RobertaExtModel.build_model(args, task or _task()).eval()
+
+
+def _tokens(task, lengths=(12, 7), seq_len=12, mask_at=(3, 5)):
+    d = task.source_dictionary
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(d.nspecial, d.nspecial + len(VOCAB), (len(lengths), seq_len), generator=gen)
+    tokens[:, 0] = d.bos()
+    for row, length in enumerate(lengths):
+        tokens[row, length - 1] = d.eos()
+        tokens[row, length:] = d.pad()
+    tokens[:, list(mask_at)] = task.mask_idx
+    return tokens
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fast_encoder_matches_reference_attention(variant):
+    task = _task()
+    model = build(f"roberta_ext_{variant}_tiny", task)
+    tokens = _tokens(task)
+    features, _ = model(tokens, features_only=True)
+    model.encoder.sentence_encoder.reference_attention = True
+    reference, _ = model(tokens, features_only=True)
+    real = tokens.ne(task.source_dictionary.pad())
+    torch.testing.assert_close(features[real], reference[real], atol=1e-5, rtol=1e-5)
+
+
+def test_zero_mask_inputs_are_exact_zero_vectors():
+    task = _task()
+    model = build("roberta_ext_zero_clap_tiny", task)
+    tokens = _tokens(task)
+    x, embed = model.encoder.sentence_encoder.forward_embedding(tokens)
+    masked = tokens.eq(task.mask_idx)
+    assert masked.sum() == 4
+    assert torch.count_nonzero(x[masked]) == 0 and torch.count_nonzero(embed[masked]) == 0
+    assert bool((x[~masked].norm(dim=-1) > 0).all())
+
+
+def test_zero_mask_keeps_mask_out_of_the_vocabulary():
+    task = _task()
+    zero, baseline = build("roberta_ext_zero_clap_tiny", task), build("roberta_ext_baseline_tiny", task)
+    vocab = len(task.source_dictionary)
+    assert task.mask_idx == vocab - 1
+    assert zero.encoder.sentence_encoder.embed_tokens.num_embeddings == vocab - 1
+    assert baseline.encoder.sentence_encoder.embed_tokens.num_embeddings == vocab
+    logits, _ = zero(_tokens(task))
+    assert logits.shape[-1] == vocab - 1
+
+
+def test_zero_mask_rejects_a_mask_symbol_inside_the_vocabulary():
+    d = _dictionary()
+    d.add_symbol("<mask>")
+    d.add_symbol("later")
+    task = MaskedLMTask(MaskedLMConfig(data="unused"), d)
+    with pytest.raises(ValueError, match="zero-mask"):
+        build("roberta_ext_zero_clap_tiny", task)
+
+
+def test_clap_head_is_beta_times_cosine_logits_with_tied_weights():
+    task = _task()
+    model = build("roberta_ext_learned_clap_tiny", task, initial_beta=3.0)
+    head = model.encoder.lm_head
+    assert isinstance(head, ClapHead)
+    assert head.weight is model.encoder.sentence_encoder.embed_tokens.weight
+    assert sorted(n for n, _ in head.named_parameters()) == ["beta", "weight"]
+    assert head.beta.item() == 3.0
+
+    tokens = _tokens(task)
+    features, _ = model(tokens, features_only=True)
+    model.train()
+    masked = tokens.eq(task.mask_idx)
+    torch.manual_seed(0)
+    logits_masked, _ = model(tokens, masked_tokens=masked)
+    torch.manual_seed(0)
+    features_train, _ = model(tokens, features_only=True)
+    assert logits_masked.shape == (int(masked.sum()), len(task.source_dictionary))
+    expected = 3.0 * features_train[masked] @ F.normalize(head.weight, dim=-1).t()
+    torch.testing.assert_close(logits_masked, expected)
+
+    model.eval()
+    logits_all, _ = model(tokens)
+    assert logits_all.shape == tokens.shape + (len(task.source_dictionary),)
+
+
+def test_l2norm_embedding_follows_clap_and_can_be_switched_off():
+    task = _task()
+    tokens = _tokens(task)
+    on = build("roberta_ext_learned_clap_tiny", task)
+    off = build("roberta_ext_learned_clap_tiny", task, l2norm_embedding=False)
+    assert on.args.l2norm_embedding and not off.args.l2norm_embedding
+    _, embed_on = on.encoder.sentence_encoder.forward_embedding(tokens)
+    _, embed_off = off.encoder.sentence_encoder.forward_embedding(tokens)
+    torch.testing.assert_close(embed_on.norm(dim=-1), torch.ones(tokens.shape))
+    assert not torch.allclose(embed_off.norm(dim=-1), torch.ones(tokens.shape))
+
+
+def test_sqrt_d_scaling_and_embedding_layernorm_options():
+    task = _task()
+    model = build("roberta_ext_zero_clap_tiny", task)
+    assert model.encoder.sentence_encoder.embed_scale == pytest.approx(64 ** 0.5)
+    assert model.encoder.sentence_encoder.layernorm_embedding is None
+    baseline = build("roberta_ext_baseline_tiny", task, embed_layernorm=False)
+    assert baseline.encoder.sentence_encoder.embed_scale == 1.0
+    assert baseline.encoder.sentence_encoder.layernorm_embedding is None
+    assert build("roberta_ext_baseline_tiny", task).encoder.sentence_encoder.layernorm_embedding is not None
+
+
+def test_self_masking_zeroes_inputs_only_in_training():
+    task = _task()
+    model = build("roberta_ext_zero_clap_tiny", task, self_mask_prob=0.5)
+    tokens = _tokens(task, lengths=(12, 12), mask_at=())
+    encoder = model.encoder.sentence_encoder
+    assert encoder.zeroed_inputs(tokens).sum() == 0
+    encoder.train()
+    torch.manual_seed(0)
+    zeroed = torch.stack([encoder.zeroed_inputs(tokens) for _ in range(50)]).float()
+    assert 0.4 < zeroed.mean().item() < 0.6
+
+
+def test_positions_options():
+    task = _task()
+    assert build("roberta_ext_alibi_tiny", task).encoder.sentence_encoder.embed_positions is None
+    sinusoidal = build("roberta_ext_sinusoidal_tiny", task).encoder.sentence_encoder.embed_positions
+    learned = build("roberta_ext_baseline_tiny", task).encoder.sentence_encoder.embed_positions
+    assert type(sinusoidal).__name__ == "SinusoidalPositionalEmbedding"
+    assert type(learned).__name__ == "LearnedPositionalEmbedding"
+
+
+def test_stub_era_checkpoint_loads_with_identical_outputs():
+    """The stub was stock RoBERTa under this name: its state dict must load unchanged."""
+    task = _task()
+    args = Namespace(arch="roberta_ext_baseline_tiny", max_positions=32)
+    ARCH_CONFIG_REGISTRY["roberta_ext_baseline_tiny"](args)
+    torch.manual_seed(0)
+    stock = RobertaModel.build_model(args, task).eval()
+    state = stock.state_dict()
+    assert "version" not in state
+    model = build("roberta_ext_baseline_tiny", task)
+    model.load_state_dict(state, strict=True, model_cfg=None)
+    tokens = _tokens(task)
+    real = tokens.ne(task.source_dictionary.pad())
+    torch.testing.assert_close(model(tokens, features_only=True)[0][real],
+                               stock(tokens, features_only=True)[0][real], atol=1e-5, rtol=1e-5)
+    assert model.version.item() == 2
+
+
+@pytest.mark.parametrize("overrides, option", [
+    (dict(arch="roberta_ext_alibi_tiny", positions="learned"), "--positions"),
+    (dict(arch="roberta_ext_baseline_tiny", positions="rotary"), "--positions"),
+    (dict(arch="roberta_ext_baseline_tiny", self_mask_prob=0.15), "--zero-mask"),
+    (dict(arch="roberta_ext_zero_clap_tiny", self_mask_prob=1.5), "--self-mask-prob"),
+    (dict(arch="roberta_ext_alibi_tiny", alibi_max_positions=8), "--alibi-max-positions"),
+    (dict(arch="roberta_ext_baseline_tiny", encoder_attention_heads=3), "encoder_attention_heads"),
+])
+def test_bad_configuration_names_the_option(overrides, option):
+    arch = overrides.pop("arch")
+    with pytest.raises(ValueError, match=option):
+        build(arch, **overrides)
+
+
+def test_input_longer_than_the_limit_is_a_clear_error():
+    task = _task()
+    model = build("roberta_ext_alibi_tiny", task)
+    assert model.max_positions() == 4 * 32
+    model(torch.full((1, 100), 5))  # beyond the training length, within the ALiBi limit
+    with pytest.raises(ValueError, match="alibi-max-positions"):
+        model(torch.full((1, 129), 5))
+
+
+def test_flops_per_token():
+    model = build("roberta_ext_baseline_tiny")
+    d, f, vocab, layers, seq = 64, 128, len(VOCAB) + 5, 2, 32
+    expected = 3 * (layers * (8 * d * d + 4 * seq * d + 4 * d * f) + 0.15 * (2 * d * d + 2 * d * vocab))
+    assert model.flops_per_token(seq) == pytest.approx(expected)
+    assert build("roberta_ext_learned_clap_tiny").flops_per_token(seq) < expected
+
+
+def test_masked_lm_ext_keeps_mask_out_of_the_dictionary():
+    task = MaskedLMExtTask(MaskedLMExtConfig(data="unused", omit_mask=True), _dictionary())
+    d = task.source_dictionary
+    assert isinstance(d, OutOfVocabMaskDictionary) and "<mask>" not in d
+    assert task.mask_idx == len(d) == len(VOCAB) + 4
+    line = d.encode_line("<s> w1 <mask> w2 </s>", append_eos=False, add_if_not_exist=False)
+    assert line.tolist() == [d.bos(), d.index("w1"), len(d), d.index("w2"), d.eos()]
+    assert d[len(d)] == "<mask>"
+    model = build("roberta_ext_zero_clap_tiny", task)
+    assert model.encoder.sentence_encoder.embed_tokens.num_embeddings == len(d)
+
+
+def test_masked_lm_ext_rejects_a_dictionary_with_mask():
+    d = _dictionary()
+    d.add_symbol("<mask>")
+    with pytest.raises(ValueError, match="omit-mask"):
+        MaskedLMExtTask(MaskedLMExtConfig(data="unused", omit_mask=True), d)

@@ -1,0 +1,155 @@
+"""roberta_ext end to end, in real fairseq processes: fairseq-train for every variant,
+fairseq-hydra-train from a yaml, reload, from_pretrained + fill_mask, longer inputs for ALiBi,
+and stock sentence_prediction fine-tuning from each checkpoint."""
+import re
+
+import pytest
+import torch
+from fairseq.models.roberta import RobertaModel
+from helpers import REPO, USER_DIR, json_log_records, run_fairseq, tiny_train_args
+
+from fairseq_ext.models.roberta_ext import VARIANTS
+
+TRAIN_LEN = 64
+# The tiny data's long lines would be skipped with --sample-break-mode complete.
+COMMON = ["--sample-break-mode", "none", "--tokens-per-sample", str(TRAIN_LEN)]
+ZERO_CLAP_EXT = "zero_clap_masked_lm_ext"  # zero-clap trained with task masked_lm_ext --omit-mask
+
+
+def _train(data, save_dir, arch, extra=()):
+    proc = run_fairseq(tiny_train_args(data, save_dir, arch=arch, updates=20, extra=[*COMMON, *extra]))
+    return json_log_records(proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """{name: (save_dir, train_inner records)} for the five variants and zero-clap/masked_lm_ext."""
+    root = tmp_path_factory.mktemp("roberta_ext")
+    runs = {v: (f"roberta_ext_{v}_tiny", ()) for v in VARIANTS}
+    runs[ZERO_CLAP_EXT] = ("roberta_ext_zero_clap_tiny", ("--task", "masked_lm_ext", "--omit-mask"))
+    return {name: (root / name, _train(tiny_data, root / name, arch, extra)) for name, (arch, extra) in runs.items()}
+
+
+def _load(save_dir, data, **overrides):
+    hub = RobertaModel.from_pretrained(str(save_dir), "checkpoint_last.pt", str(data), bpe="sentencepiece",
+                                       sentencepiece_model=str(data / "sentencepiece.bpe.model"),
+                                       user_dir=USER_DIR, **overrides)
+    return hub.eval()
+
+
+@pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT])
+def test_training_lowers_the_loss(trained, name):
+    records = trained[name][1]
+    assert len(records) >= 5
+    assert float(records[-1]["loss"]) < float(records[0]["loss"]) - 0.3
+
+
+@pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT])
+def test_fill_mask_gives_k_answers(trained, tiny_data, name):
+    hub = _load(trained[name][0], tiny_data)
+    answers = hub.fill_mask("The game was released in <mask> .", topk=3)
+    assert len(answers) == 3
+    assert sorted((a[1] for a in answers), reverse=True) == [a[1] for a in answers]
+
+
+@pytest.mark.parametrize("name", ["zero_clap", ZERO_CLAP_EXT])
+def test_zero_clap_fill_mask_feeds_the_zero_mask_id(trained, tiny_data, name):
+    """The literal <mask> reaches the model as the vocabulary size, an exact zero input."""
+    hub = _load(trained[name][0], tiny_data)
+    encoder = hub.model.encoder.sentence_encoder
+    vocab = encoder.embed_tokens.num_embeddings
+    assert hub.task.mask_idx == vocab
+    tokens = hub.task.source_dictionary.encode_line("<s> ▁The <mask> ▁game </s>", append_eos=False,
+                                                    add_if_not_exist=False).long()[None]
+    assert tokens[0, 2] == vocab
+    _, embed = encoder.forward_embedding(tokens)
+    assert torch.count_nonzero(embed[0, 2]) == 0
+    logits = hub.model(tokens)[0][0, 2]
+    best = hub.fill_mask("The <mask> game", topk=1)[0]
+    assert best[1] == pytest.approx(logits.softmax(-1).max().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["alibi", "zero_clap"])
+def test_alibi_models_run_inputs_longer_than_the_training_length(trained, tiny_data, name):
+    hub = _load(trained[name][0], tiny_data)
+    tokens = hub.encode(" ".join(["The game was released in Japan ."] * 20))
+    assert TRAIN_LEN < tokens.numel() <= hub.model.max_positions() == 4 * TRAIN_LEN
+    assert hub.extract_features(tokens).shape == (1, tokens.numel(), 64)
+    long_sentence = " ".join(["The game was released in Japan ."] * 15) + " It was <mask> ."
+    assert len(hub.fill_mask(long_sentence, topk=2)) == 2
+    raised = _load(trained[name][0], tiny_data, alibi_max_positions=8 * TRAIN_LEN)
+    assert raised.model.max_positions() == 8 * TRAIN_LEN
+
+
+def test_learned_positions_refuse_longer_inputs(trained, tiny_data):
+    hub = _load(trained["baseline"][0], tiny_data)
+    with pytest.raises(ValueError, match="maximum length"):
+        hub.extract_features(hub.encode(" ".join(["The game was released ."] * 20)))
+
+
+@pytest.mark.parametrize("name", ["alibi", ZERO_CLAP_EXT])
+def test_reloaded_checkpoint_reproduces_the_validation_loss(trained, tiny_data, name):
+    save_dir, _ = trained[name]
+    task = ["--task", "masked_lm_ext", "--omit-mask"] if name == ZERO_CLAP_EXT else ["--task", "masked_lm"]
+    proc = run_fairseq(["fairseq-validate", tiny_data, "--path", save_dir / "checkpoint_last.pt",
+                        "--user-dir", USER_DIR, *task, "--criterion", "masked_lm", *COMMON, "--seed", "1",
+                        "--cpu", "--num-workers", "0", "--batch-size", "16", "--log-format", "json"])
+    validated = json_log_records(proc.stdout + proc.stderr, prefix="valid")
+    assert validated, proc.stdout[-2000:] + proc.stderr[-2000:]
+    state = torch.load(save_dir / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert float(validated[0]["valid_loss"]) == pytest.approx(state["extra_state"]["val_loss"], abs=2e-3)
+
+
+def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path):
+    proc = run_fairseq([
+        "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", "zero_clap",
+        f"task.data={tiny_data}", f"common.user_dir={USER_DIR}", "model._name=roberta_ext_zero_clap_tiny",
+        f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}", "task.sample_break_mode=none",
+        "dataset.batch_size=16", "dataset.num_workers=0", "optimization.update_freq=[1]",
+        "optimization.max_update=20", "optimization.lr=[0.001]", "lr_scheduler.warmup_updates=5",
+        "lr_scheduler.lr_period_updates=40", "common.cpu=true", "common.log_interval=2",
+        f"checkpoint.save_dir={tmp_path}"], cwd=tmp_path)  # hydra writes outputs/ into cwd
+    # hydra logs "[time][train_inner][INFO] - {...}": take every JSON record with a "loss"
+    losses = [float(r["loss"]) for r in json_log_records(proc.stdout + proc.stderr, prefix="*") if "loss" in r]
+    assert len(losses) >= 5 and losses[-1] < losses[0] - 0.3
+    assert (tmp_path / "checkpoint_last.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def classification_data(tiny_data, tiny_text, tmp_path_factory):
+    """A tiny GLUE-style binary task (input0/, label/): does the sentence mention a year?"""
+    import sentencepiece as spm
+
+    root = tmp_path_factory.mktemp("cls")
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_data / "sentencepiece.bpe.model"))
+    text = (tiny_text / "train.txt").read_text()
+    raw = [s.strip() for s in text.split(" . ") if 5 < len(s.split()) < 30][:400]
+    for split, part in (("train", raw[:320]), ("valid", raw[320:])):
+        (root / f"{split}.input0").write_text("\n".join(" ".join(sp.encode(s, out_type=str)) for s in part) + "\n")
+        (root / f"{split}.label").write_text("\n".join(str(int(bool(re.search(r"\b1[89]\d\d\b", s)))) for s in part) + "\n")
+    for field in ("input0", "label"):
+        extra = ["--srcdict", tiny_data / "dict.txt"] if field == "input0" else []
+        run_fairseq(["fairseq-preprocess", "--only-source", "--trainpref", root / f"train.{field}",
+                     "--validpref", root / f"valid.{field}", "--destdir", root / field, "--workers", "1", *extra])
+    return root
+
+
+@pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT])
+def test_sentence_prediction_finetunes_from_each_checkpoint(trained, classification_data, tmp_path, name):
+    save_dir, _ = trained[name]
+    proc = run_fairseq([
+        "fairseq-train", classification_data, "--user-dir", USER_DIR, "--task", "sentence_prediction",
+        "--criterion", "sentence_prediction", "--num-classes", "2", "--init-token", "0",
+        "--arch", trained_arch(name), "--max-positions", str(TRAIN_LEN), "--restore-file",
+        save_dir / "checkpoint_last.pt", "--reset-optimizer", "--reset-dataloader", "--reset-meters",
+        "--cpu", "--num-workers", "0", "--batch-size", "16", "--optimizer", "adam", "--lr", "1e-4",
+        "--max-update", "10", "--log-format", "json", "--log-interval", "2", "--save-dir", tmp_path,
+        "--no-epoch-checkpoints", "--seed", "1", "--shorten-method", "truncate"])
+    output = proc.stdout + proc.stderr
+    assert "Loaded checkpoint" in output
+    valid = json_log_records(output, prefix="valid")
+    assert valid and 0 <= float(valid[-1]["valid_accuracy"]) <= 100
+
+
+def trained_arch(name):
+    return "roberta_ext_zero_clap_tiny" if name == ZERO_CLAP_EXT else f"roberta_ext_{name}_tiny"

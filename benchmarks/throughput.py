@@ -70,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, help="device peak bf16 TFLOP/s for MFU (default: looked up from the GPU name)")
     p.add_argument("--name", required=True, help="result name: writes benchmarks/results/<name>.json")
     p.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"), help="where the JSON goes")
+    p.add_argument("--note", help="a remark shown with the result in docs/RESULTS.md (e.g. shared CPU)")
     p.add_argument("--no-docs", action="store_true", help="do not regenerate docs/RESULTS.md")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: JSON spec of one arch run
     return p.parse_args(argv)
@@ -275,8 +276,8 @@ def main(argv=None) -> dict:
     result = {
         "kind": "throughput", "name": args.name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python benchmarks/throughput.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "machine": machine, "peak_bf16_tflops": peak,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "results_dir", "no_docs")},
+        "machine": machine, "peak_bf16_tflops": peak, "note": args.note,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "results_dir", "no_docs", "note")},
         "runs": runs,
     }
     out = Path(args.results_dir) / f"{args.name}.json"

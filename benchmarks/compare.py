@@ -94,13 +94,17 @@ def train_command(run: dict, spec: dict, data: str, budget: Dict[str, float], sa
 def read_records(log_text: str) -> Dict[str, List[dict]]:
     """fairseq's JSON log records by kind. When a restart restores a checkpoint ("Loaded
     checkpoint ... @ N updates"), records logged past update N by the interrupted attempt are
-    dropped: the resumed run logs those updates again."""
+    dropped: the resumed run logs those updates again. fairseq restarts its ``wall`` clock on a
+    restore, so later records get the wall time reached at update N added: wall time is the
+    sum over attempts, without work lost to the interruption."""
     out: Dict[str, List[dict]] = {"train_inner": [], "train": [], "valid": []}
+    wall_offset = 0.0
     for line in log_text.splitlines():
         restored = RESTORED.search(line)
         if restored:
             for kind in out:
                 out[kind] = [r for r in out[kind] if r["num_updates"] <= int(restored.group(1))]
+            wall_offset = max([r.get("wall", 0.0) for r in out["train_inner"] + out["train"]] or [0.0])
             continue
         m = RECORD.search(line)
         if not m:
@@ -109,6 +113,8 @@ def read_records(log_text: str) -> Dict[str, List[dict]]:
         if kind != "train_inner":  # epoch summaries prefix their keys with the tag
             rec = {k[len(kind) + 1:] if k.startswith(kind + "_") else k: v for k, v in rec.items()}
         rec = {k: float(v) for k, v in rec.items() if isinstance(v, (int, float, str)) and _is_number(v)}
+        if "wall" in rec:
+            rec["wall"] += wall_offset
         out[kind].append(rec)
     return out
 
@@ -199,27 +205,24 @@ def plot(runs: List[dict], path: Path, title: str) -> Path:
 
 def run_one(run: dict, spec: dict, data: str, budget: Dict[str, float], run_dir: Path,
             timeout: Optional[float]) -> dict:
-    """Train one configuration unless its done-marker says it already finished this budget."""
-    done = run_dir / "DONE.json"
-    if done.exists():
-        summary = json.loads(done.read_text())
-        if summary.get("budget") == budget:
-            print(f"[compare] {run['name']}: done, skipped", file=sys.stderr, flush=True)
-            return summary
+    """Train one configuration unless its done-marker says it finished this budget; its row
+    is always read back from its fairseq log (every attempt appended to ``train.log``)."""
+    done, log = run_dir / "DONE.json", run_dir / "train.log"
     argv = train_command(run, spec, data, budget, run_dir / "checkpoints")
-    log = run_dir / "train.log"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[compare] {run['name']}: {' '.join(argv)}", file=sys.stderr, flush=True)
-    with open(log, "a") as f:
-        f.write(f"=== compare.py {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n")
-        f.flush()
-        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, cwd=run_dir,
-                              env=worker_env(), timeout=timeout)
-    if proc.returncode != 0:
-        raise SystemExit(f"{run['name']} failed ({proc.returncode}); see {log}; re-run to resume")
-    summary = {**summarize(run["name"], argv, log.read_text()), "budget": budget}
-    done.write_text(json.dumps(summary, indent=1) + "\n")
-    return summary
+    if done.exists() and json.loads(done.read_text()).get("budget") == budget:
+        print(f"[compare] {run['name']}: finished earlier, not retrained", file=sys.stderr, flush=True)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[compare] {run['name']}: {' '.join(argv)}", file=sys.stderr, flush=True)
+        with open(log, "a") as f:
+            f.write(f"=== compare.py {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n")
+            f.flush()
+            proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, cwd=run_dir,
+                                  env=worker_env(), timeout=timeout)
+        if proc.returncode != 0:
+            raise SystemExit(f"{run['name']} failed ({proc.returncode}); see {log}; re-run to resume")
+        done.write_text(json.dumps({"budget": budget, "command": argv}, indent=1) + "\n")
+    return summarize(run["name"], argv, log.read_text())
 
 
 def main(argv=None) -> dict:

@@ -55,15 +55,14 @@ def throughput_table(result: dict) -> str:
 def compare_table(result: dict) -> str:
     """One row per configuration of a side-by-side training comparison."""
     rows = ["| run | updates | wall s | train loss | valid loss | valid ppl | best valid loss | "
-            "PFLOP (analytic) | words/s |",
+            "FLOPs (analytic) | words/s |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
-        pflop = r.get("total_flops") / 1e15 if r.get("total_flops") else None
         rows.append(
             f"| {r['name']} | {_num(r.get('updates'))} | {_num(r.get('wall_s'), '{:,.1f}')} | "
             f"{_num(r.get('train_loss'), '{:.3f}')} | {_num(r.get('valid_loss'), '{:.3f}')} | "
             f"{_num(r.get('valid_ppl'), '{:,.2f}')} | {_num(r.get('best_valid_loss'), '{:.3f}')} | "
-            f"{_num(pflop, '{:.4g}')} | {_num(r.get('wps'))} |")
+            f"{_num(r.get('total_flops'), '{:.3g}')} | {_num(r.get('wps'))} |")
     return "\n".join(rows)
 
 

@@ -14,12 +14,12 @@ here the same models come from subclasses of ``RobertaModel`` / ``RobertaEncoder
 * Zero-vector masking: ``<mask>`` is not a vocabulary row; its id (the vocabulary size) gives
   an exact zero input vector. Self-masking zeroes a random subset of inputs inside the model.
 """
+import argparse
 from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq import utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta import RobertaEncoder, RobertaModel
@@ -98,10 +98,19 @@ def option_fields():
     return [f for f in fields(RobertaExtConfig) if not f.name.startswith("_")]
 
 
+def parse_bool(text: str) -> bool:
+    """Command-line booleans: True/False, true/false, yes/no, on/off or 1/0."""
+    value = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
+    return value
+
+
 def _argparse_kwargs(f) -> dict:
     kwargs = {"help": f.metadata["help"]}
     if f.type is bool:
-        kwargs.update(type=utils.eval_bool, metavar="BOOL")
+        kwargs.update(type=parse_bool, metavar="BOOL")
     elif f.name == "positions":
         kwargs.update(type=str, choices=POSITIONS)
     else:

@@ -1,0 +1,265 @@
+"""Side-by-side training of several configurations through stock fairseq-train.
+
+Each configuration of a spec file is trained on the same prepared data for the same budget
+(``--max-update`` or ``--stop-time-hours``) by ``fairseq-train`` or ``fairseq-hydra-train`` in a
+subprocess, with ``--log-format json``; fairseq's own log records give the curves. Writes a
+markdown table, one PNG with validation loss against updates, wall time and FLOPs (one curve
+per configuration), and ``benchmarks/results/<name>.json`` for docs/RESULTS.md.
+
+Interrupted comparisons resume: a run with a done-marker (``DONE.json``) for the same budget is
+not retrained; a half-done run restarts through fairseq's own ``checkpoint_last.pt``.
+
+    python benchmarks/compare.py --spec benchmarks/specs/pg_mini_small.yaml --max-update 2000
+"""
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # so the script runs from anywhere, like fairseq's own scripts
+
+from benchmarks import results  # noqa: E402
+from benchmarks.throughput import machine_info, worker_env  # noqa: E402
+
+BIN = Path(sys.executable).parent
+RECORD = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+RESTORED = re.compile(r"[Ll]oaded checkpoint .* \(epoch \d+ @ (\d+) updates\)")
+FLOPS_CRITERIA = {"masked_lm": "masked_lm_flops", "cross_entropy": "cross_entropy_flops"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--spec", required=True, help="JSON or YAML file: data, common args, runs (see docs/families/benchmarks.md)")
+    p.add_argument("--data", help="prepared data dir (overrides the spec's 'data')")
+    p.add_argument("--name", help="result name (default: the spec's 'name', else the spec file's stem)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-update", type=int, help="updates per run (overrides the spec's budget)")
+    budget.add_argument("--stop-time-hours", type=float, help="training hours per run (overrides the spec's budget)")
+    p.add_argument("--work-dir", help="run dirs with checkpoints and logs (default checkpoints/compare/<name>)")
+    p.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"), help="where JSON and PNG go")
+    p.add_argument("--timeout", type=float, help="seconds per fairseq run before it is stopped (resume later)")
+    p.add_argument("--no-docs", action="store_true", help="do not regenerate docs/RESULTS.md")
+    return p.parse_args(argv)
+
+
+def load_spec(path: Path) -> dict:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        from omegaconf import OmegaConf
+
+        spec = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    else:
+        spec = json.loads(text)
+    names = [r.get("name") for r in spec.get("runs", [])]
+    if not names or None in names or len(set(names)) != len(names):
+        raise ValueError(f"{path}: 'runs' must be a non-empty list of entries with unique 'name's")
+    for run in spec["runs"]:
+        if ("args" in run) == ("hydra" in run):
+            raise ValueError(f"{path}: run {run['name']!r} needs exactly one of 'args' or 'hydra'")
+    return spec
+
+
+def flag_value(argv: List[str], flag: str) -> Optional[str]:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
+def train_command(run: dict, spec: dict, data: str, budget: Dict[str, float], save_dir: Path) -> List[str]:
+    """The fairseq command line of one run: its args (or hydra config) + data, budget, logging."""
+    if "hydra" in run:
+        h = run["hydra"]
+        overrides = list(spec.get("hydra_overrides", [])) + list(h.get("overrides", []))
+        overrides += [f"task.data={data}", f"common.user_dir={REPO / 'fairseq_ext'}",
+                      "common.log_format=json", f"checkpoint.save_dir={save_dir}",
+                      f"hydra.run.dir={save_dir.parent / 'hydra'}"]
+        overrides += [f"optimization.{k}={v}" for k, v in budget.items()]
+        return [str(BIN / "fairseq-hydra-train"), "--config-dir", str(REPO / h["config_dir"]),
+                "--config-name", h["config_name"], *overrides]
+    argv = [str(a) for a in list(spec.get("common", [])) + list(run["args"])]
+    criterion = flag_value(argv, "--criterion")
+    if criterion in FLOPS_CRITERIA:  # same loss, plus FLOPs in the logs
+        argv[argv.index("--criterion") + 1] = FLOPS_CRITERIA[criterion]
+    for key, value in budget.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    if "--user-dir" not in argv:
+        argv += ["--user-dir", str(REPO / "fairseq_ext")]
+    return [str(BIN / "fairseq-train"), data, *argv, "--log-format", "json", "--save-dir", str(save_dir)]
+
+
+def read_records(log_text: str) -> Dict[str, List[dict]]:
+    """fairseq's JSON log records by kind. When a restart restores a checkpoint ("Loaded
+    checkpoint ... @ N updates"), records logged past update N by the interrupted attempt are
+    dropped: the resumed run logs those updates again. fairseq restarts its ``wall`` clock on a
+    restore, so later records get the wall time reached at update N added: wall time is the
+    sum over attempts, without work lost to the interruption."""
+    out: Dict[str, List[dict]] = {"train_inner": [], "train": [], "valid": []}
+    wall_offset = 0.0
+    for line in log_text.splitlines():
+        restored = RESTORED.search(line)
+        if restored:
+            for kind in out:
+                out[kind] = [r for r in out[kind] if r["num_updates"] <= int(restored.group(1))]
+            wall_offset = max([r.get("wall", 0.0) for r in out["train_inner"] + out["train"]] or [0.0])
+            continue
+        m = RECORD.search(line)
+        if not m:
+            continue
+        kind, rec = m.group(1), json.loads(m.group(2))
+        if kind != "train_inner":  # epoch summaries prefix their keys with the tag
+            rec = {k[len(kind) + 1:] if k.startswith(kind + "_") else k: v for k, v in rec.items()}
+        rec = {k: float(v) for k, v in rec.items() if isinstance(v, (int, float, str)) and _is_number(v)}
+        if "wall" in rec:
+            rec["wall"] += wall_offset
+        out[kind].append(rec)
+    return out
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def curves(records: Dict[str, List[dict]]) -> dict:
+    """Validation loss against updates, wall seconds and cumulative analytic FLOPs.
+
+    Training records give (updates, wall, FLOPs) points — FLOPs accumulate ``gflop`` (mean
+    GFLOPs per update over each log interval, logged by the *_flops criterions) × updates — and
+    each validation is placed on them by linear interpolation in updates."""
+    import numpy as np
+
+    train = sorted(records["train_inner"] + records["train"], key=lambda r: r["num_updates"])
+    ups, walls, flops, total, last_u = [0.0], [0.0], [0.0], 0.0, 0.0
+    has_flops = any("gflop" in r for r in train)
+    for r in train:
+        if r["num_updates"] <= last_u or "wall" not in r:
+            continue
+        total += r.get("gflop", 0.0) * 1e9 * (r["num_updates"] - last_u)
+        ups.append(r["num_updates"])
+        walls.append(r["wall"])
+        flops.append(total)
+        last_u = r["num_updates"]
+    valid = records["valid"]
+    u = np.array([r["num_updates"] for r in valid], dtype=float)
+    return {
+        "updates": u.tolist(),
+        "wall_s": np.interp(u, ups, walls).tolist(),
+        "flops": np.interp(u, ups, flops).tolist() if has_flops else None,
+        "valid_loss": [r.get("loss") for r in valid],
+        "valid_ppl": [r.get("ppl") for r in valid],
+        "total_flops": total if has_flops else None,
+    }
+
+
+def summarize(name: str, argv: List[str], log_text: str) -> dict:
+    """One run's row: final figures from fairseq's records, and its curves."""
+    rec = read_records(log_text)
+    last_train = (rec["train"] or rec["train_inner"] or [{}])[-1]
+    last_inner = (rec["train_inner"] or [{}])[-1]
+    last_valid = (rec["valid"] or [{}])[-1]
+    c = curves(rec)
+    updates = max([r["num_updates"] for k in rec for r in rec[k]] or [0])
+    losses = [v for v in c["valid_loss"] if v is not None]
+    return {
+        "name": name, "command": " ".join(shlex.quote(a) for a in argv), "updates": updates,
+        "wall_s": last_train.get("wall", last_inner.get("wall")),
+        "train_loss": last_train.get("loss"), "valid_loss": last_valid.get("loss"),
+        "valid_ppl": last_valid.get("ppl"),
+        "best_valid_loss": min(losses) if losses else None,
+        "wps": last_train.get("wps", last_inner.get("wps")), "total_flops": c["total_flops"], "curve": c,
+    }
+
+
+def plot(runs: List[dict], path: Path, title: str) -> Path:
+    """Validation loss against updates, wall time and FLOPs; one curve per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, (key, label) in zip(axes, (("updates", "updates"), ("wall_s", "wall time (s)"),
+                                       ("flops", "training FLOPs (analytic)"))):
+        for run in runs:
+            c = run["curve"]
+            if c[key] is not None and c["updates"]:
+                ax.plot(c[key], c["valid_loss"], marker="o", markersize=3, label=run["name"])
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation loss")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_one(run: dict, spec: dict, data: str, budget: Dict[str, float], run_dir: Path,
+            timeout: Optional[float]) -> dict:
+    """Train one configuration unless its done-marker says it finished this budget; its row
+    is always read back from its fairseq log (every attempt appended to ``train.log``)."""
+    done, log = run_dir / "DONE.json", run_dir / "train.log"
+    argv = train_command(run, spec, data, budget, run_dir / "checkpoints")
+    if done.exists() and json.loads(done.read_text()).get("budget") == budget:
+        print(f"[compare] {run['name']}: finished earlier, not retrained", file=sys.stderr, flush=True)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[compare] {run['name']}: {' '.join(argv)}", file=sys.stderr, flush=True)
+        with open(log, "a") as f:
+            f.write(f"=== compare.py {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n")
+            f.flush()
+            proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, cwd=run_dir,
+                                  env=worker_env(), timeout=timeout)
+        if proc.returncode != 0:
+            raise SystemExit(f"{run['name']} failed ({proc.returncode}); see {log}; re-run to resume")
+        done.write_text(json.dumps({"budget": budget, "command": argv}, indent=1) + "\n")
+    return summarize(run["name"], argv, log.read_text())
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    spec_path = Path(args.spec)
+    spec = load_spec(spec_path)
+    name = args.name or spec.get("name") or spec_path.stem
+    data = args.data or spec.get("data")
+    if not data:
+        raise ValueError("no data dir: give --data or 'data' in the spec")
+    budget = ({"max_update": args.max_update} if args.max_update else
+              {"stop_time_hours": args.stop_time_hours} if args.stop_time_hours else spec.get("budget"))
+    if not budget:
+        raise ValueError("no budget: give --max-update / --stop-time-hours or 'budget' in the spec")
+    work = Path(args.work_dir or REPO / "checkpoints" / "compare" / name)
+    runs = [run_one(r, spec, str(data), budget, work / r["name"], args.timeout) for r in spec["runs"]]
+    results_dir = Path(args.results_dir)
+    png = plot(runs, results_dir / f"{name}.png", f"{name}: validation loss")
+    result = {
+        "kind": "compare", "name": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/compare.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "machine": machine_info("cuda" if _has_cuda() else "cpu"),
+        "spec": spec, "budget": budget, "data": str(data), "runs": runs,
+        "plots": [str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png)],
+    }
+    (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(results.compare_table(result))
+    if not args.no_docs:
+        results.write_results_md()
+    return result
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()

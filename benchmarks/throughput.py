@@ -1,0 +1,308 @@
+"""Training throughput of several fairseq architectures at one shape, side by side.
+
+Every arch (ours or stock fairseq's) is built through fairseq's own objects — the task from
+``tasks.setup_task`` over a synthetic dictionary, ``task.build_model``, ``task.build_criterion``
+and fairseq's ``Trainer`` (which builds the optimizer, FP16Optimizer under ``--fp16``) — and
+trained for real (forward, backward, optimizer step) on synthetic token batches, identical for
+every arch. Each arch runs in a fresh subprocess of this one invocation, one after the other, so
+its peak memory is its own: CUDA ``max_memory_allocated`` on a GPU, on CPU the peak resident set
+(``ru_maxrss``) minus the resident set before the model is built. The first arch is the baseline
+of every ratio.
+
+    python benchmarks/throughput.py --archs roberta_base,roberta_ext_baseline_base \
+        --seq-len 512 --batch-size 2 --steps 3 --warmup 1 --repeats 3 --name cpu_roberta_base
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # so the script runs from anywhere, like fairseq's own scripts
+
+from benchmarks import results  # noqa: E402
+
+# Dense bf16 tensor-core peak, TFLOP/s (vendor datasheets, without sparsity).
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+
+SHAPE_OPTIONS = {  # --flag: (encoder option, decoder option)
+    "layers": ("encoder_layers", "decoder_layers"),
+    "embed_dim": ("encoder_embed_dim", "decoder_embed_dim"),
+    "ffn_dim": ("encoder_ffn_embed_dim", "decoder_ffn_embed_dim"),
+    "heads": ("encoder_attention_heads", "decoder_attention_heads"),
+}
+LM_TASKS = ("language_modeling",)  # next-token tasks: decoder_* options, cross_entropy
+TASK_ALIASES = {"language_model": "language_modeling"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--archs", required=True, help="comma-separated registered arch names; the first is the baseline")
+    p.add_argument("--task", default="masked_lm", help="fairseq task: masked_lm (or a plugin masked-LM task) or language_modeling "
+                        "(alias language_model)")
+    p.add_argument("--layers", type=int, help="encoder_layers / decoder_layers for every arch")
+    p.add_argument("--embed-dim", type=int, help="encoder_embed_dim / decoder_embed_dim for every arch")
+    p.add_argument("--ffn-dim", type=int, help="encoder_ffn_embed_dim / decoder_ffn_embed_dim for every arch")
+    p.add_argument("--heads", type=int, help="encoder_attention_heads / decoder_attention_heads for every arch")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (also tokens_per_sample, max_positions)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per update")
+    p.add_argument("--vocab-size", type=int, default=50265, help="size of the synthetic dictionary (roberta-base's GPT-2 BPE: 50265)")
+    p.add_argument("--set", action="append", default=[], metavar="ARCH:key=value",
+                   help="extra option for one arch (fairseq option name; true/false for flags; "
+                        "precision=fp16 overrides --precision for that arch); repeatable")
+    p.add_argument("--steps", type=int, default=10, help="timed updates per repeat")
+    p.add_argument("--warmup", type=int, default=3, help="untimed updates before the first repeat")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median and spread reported)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="fp16: fairseq's --fp16 (FP16Optimizer); bf16: the arch's bf16_autocast option")
+    p.add_argument("--optimizer", default="adam", help="fairseq optimizer")
+    p.add_argument("--peak-tflops", type=float, help="device peak bf16 TFLOP/s for MFU (default: looked up from the GPU name)")
+    p.add_argument("--name", required=True, help="result name: writes benchmarks/results/<name>.json")
+    p.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"), help="where the JSON goes")
+    p.add_argument("--note", help="a remark shown with the result in docs/RESULTS.md (e.g. shared CPU)")
+    p.add_argument("--no-docs", action="store_true", help="do not regenerate docs/RESULTS.md")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: JSON spec of one arch run
+    return p.parse_args(argv)
+
+
+def arch_overrides(args: argparse.Namespace) -> Dict[str, Dict[str, str]]:
+    """``--set ARCH:key=value`` as {arch: {key: value}}; bad entries fail with the flag named."""
+    archs = args.archs.split(",")
+    out: Dict[str, Dict[str, str]] = {a: {} for a in archs}
+    for item in args.set:
+        arch, sep, kv = item.partition(":")
+        key, eq, value = kv.partition("=")
+        if not (sep and eq and key) or arch not in out:
+            raise ValueError(f"--set {item!r}: expected ARCH:key=value with ARCH one of --archs {archs}")
+        out[arch][key.replace("-", "_")] = value
+    return out
+
+
+def option_argv(options: Dict[str, str]) -> List[str]:
+    """fairseq command-line flags for {option: value}; 'true' gives a bare flag, 'false' none."""
+    argv: List[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if str(value).lower() == "true":
+            argv.append(flag)
+        elif str(value).lower() != "false":
+            argv += [flag, str(value)]
+    return argv
+
+
+def fairseq_argv(spec: dict, data_dir: str) -> List[str]:
+    """The fairseq-train command line equivalent of one benchmark run."""
+    decoder = spec["task"] in LM_TASKS
+    shape = {SHAPE_OPTIONS[k][int(decoder)]: v for k, v in spec["shape"].items() if v is not None}
+    seq = spec["seq_len"]
+    shape.update({"tokens_per_sample": seq} if decoder else {"tokens_per_sample": seq, "max_positions": seq})
+    if decoder:
+        shape["max_target_positions"] = seq
+    argv = [data_dir, "--task", spec["task"], "--arch", spec["arch"], "--criterion",
+            "masked_lm" if not decoder else "cross_entropy", "--optimizer", spec["optimizer"],
+            "--lr", "1e-4", "--batch-size", str(spec["batch_size"]), "--seed", "1",
+            "--num-workers", "0", "--disable-validation"]
+    if spec["device"] == "cpu":
+        argv.append("--cpu")
+    if spec["precision"] == "fp16":
+        argv.append("--fp16")
+    extra = dict(spec["overrides"])
+    if spec["precision"] == "bf16":
+        extra["bf16_autocast"] = "true"
+    return argv + option_argv({**shape, **extra})
+
+
+def synthetic_batch(task, spec: dict, dictionary):
+    """A fairseq sample of random real-symbol tokens; masked LM: a ``mask_prob`` share of
+    positions replaced by ``<mask>`` (all positions targets when mask_prob is 0, self-masking)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    B, T = spec["batch_size"], spec["seq_len"]
+    tokens = torch.randint(dictionary.nspecial, len(dictionary) - 1, (B, T), generator=g)
+    if hasattr(task, "mask_idx"):
+        mask_prob = getattr(task.cfg, "mask_prob", 0.15)
+        if mask_prob > 0:
+            masked = torch.rand(B, T, generator=g) < mask_prob
+            masked[:, 0] = True  # at least one target per row
+            src = tokens.masked_fill(masked, task.mask_idx)
+            target = tokens.masked_fill(~masked, dictionary.pad())
+        else:
+            src, target = tokens, tokens.clone()
+    else:  # next-token prediction
+        src, target = tokens, torch.roll(tokens, -1, dims=1)
+    return {"id": torch.arange(B), "nsentences": B, "ntokens": B * T, "target": target,
+            "net_input": {"src_tokens": src, "src_lengths": torch.full((B,), T)}}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_worker(spec: dict) -> dict:
+    """Build one arch through fairseq and time real training steps (in this fresh process)."""
+    import torch
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    import fairseq_ext  # noqa: F401  (registers the plugin)
+    from fairseq_ext.flops import model_flops_per_token
+
+    cuda = spec["device"] == "cuda"
+    with tempfile.TemporaryDirectory() as data_dir:
+        with open(os.path.join(data_dir, "dict.txt"), "w") as f:
+            # nspecial=4 + symbols (+ <mask> added by masked-LM tasks) = vocab_size
+            n = spec["vocab_size"] - 4 - int(spec["task"] not in LM_TASKS)
+            f.writelines(f"w{i} {n - i}\n" for i in range(n))
+        parser = options.get_training_parser()
+        ns = options.parse_args_and_arch(parser, fairseq_argv(spec, data_dir))
+        if spec["precision"] == "bf16" and not hasattr(ns, "bf16_autocast"):
+            raise ValueError(f"--precision bf16: arch {spec['arch']} has no bf16_autocast option; "
+                             f"use --set {spec['arch']}:precision=fp16 (stock fairseq's --fp16)")
+        cfg = convert_namespace_to_omegaconf(ns)
+        task = tasks.setup_task(cfg.task)
+        rss0 = rss_mb()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        model = task.build_model(cfg.model)
+        criterion = task.build_criterion(cfg.criterion)
+    trainer = Trainer(cfg, task, model, criterion)
+    sample = synthetic_batch(task, spec, task.source_dictionary)
+
+    def steps(n: int) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(n):
+            trainer.train_step([sample])
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    steps(spec["warmup"])
+    times = [steps(spec["steps"]) for _ in range(spec["repeats"])]
+    if cuda:
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+    mask_prob = getattr(task.cfg, "mask_prob", 0.15) if hasattr(task, "mask_idx") else 1.0
+    return {
+        "arch": spec["arch"], "precision": spec["precision"], "overrides": spec["overrides"],
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_per_token": model_flops_per_token(model, spec["seq_len"], mask_prob or 1.0),
+        "step_times_s": [t / spec["steps"] for t in times],
+        "peak_mem_mb": peak_mb,
+        "memory_measure": "cuda max_memory_allocated" if cuda else "ru_maxrss - rss before model build",
+    }
+
+
+def summarize(run: dict, spec: dict, peak_tflops) -> dict:
+    """Median and spread (min..max) of ms/update and tokens/s over repeats; MFU."""
+    tokens = spec["batch_size"] * spec["seq_len"]
+    ms = sorted(1000 * t for t in run["step_times_s"])
+    tps = sorted(tokens * 1000 / m for m in ms)
+    run.update(ms_per_update=statistics.median(ms), ms_per_update_range=[ms[0], ms[-1]],
+               tokens_per_s=statistics.median(tps), tokens_per_s_range=[tps[0], tps[-1]])
+    fpt = run["flops_per_token"]
+    run["mfu"] = fpt * run["tokens_per_s"] / (peak_tflops * 1e12) if (fpt and peak_tflops) else None
+    return run
+
+
+def add_ratios(runs: List[dict]) -> None:
+    """Each figure as a ratio to the first arch's (the stock baseline)."""
+    base = runs[0]
+    for run in runs:
+        run["ratio"] = {k: (run[k] / base[k] if run.get(k) and base.get(k) else None)
+                        for k in ("tokens_per_s", "ms_per_update", "peak_mem_mb", "params", "flops_per_token")}
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    info = {"cpu": results.cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__}
+    try:
+        import fairseq
+        info["fairseq"] = fairseq.__version__
+    except Exception:  # fairseq missing only matters to the worker, which reports it
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def lookup_peak(gpu_name: str):
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu_name), None)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.worker:
+        spec = json.loads(Path(args.worker).read_text())
+        Path(spec["out"]).write_text(json.dumps(run_worker(spec)))
+        return {}
+    args.task = TASK_ALIASES.get(args.task, args.task)
+    overrides = arch_overrides(args)
+    shape = {k: getattr(args, k) for k in SHAPE_OPTIONS}
+    machine = machine_info(args.device)
+    peak = args.peak_tflops or (lookup_peak(machine.get("gpu", "")) if args.device == "cuda" else None)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, arch in enumerate(args.archs.split(",")):
+            extra = dict(overrides[arch])
+            spec = {"arch": arch, "task": args.task, "shape": shape, "seq_len": args.seq_len,
+                    "batch_size": args.batch_size, "vocab_size": args.vocab_size,
+                    "precision": extra.pop("precision", args.precision), "overrides": extra,
+                    "optimizer": args.optimizer, "device": args.device, "steps": args.steps,
+                    "warmup": args.warmup, "repeats": args.repeats, "out": f"{tmp}/{i}.out.json"}
+            Path(f"{tmp}/{i}.json").write_text(json.dumps(spec))
+            print(f"[throughput] {arch} ...", file=sys.stderr, flush=True)
+            run_arch_subprocess(f"{tmp}/{i}.json")
+            runs.append(summarize(json.loads(Path(spec["out"]).read_text()), spec, peak))
+    add_ratios(runs)
+    result = {
+        "kind": "throughput", "name": args.name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/throughput.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "machine": machine, "peak_bf16_tflops": peak, "note": args.note,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "results_dir", "no_docs", "note")},
+        "runs": runs,
+    }
+    out = Path(args.results_dir) / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(results.throughput_table(result))
+    if not args.no_docs:
+        results.write_results_md()
+    return result
+
+
+def run_arch_subprocess(spec_path: str) -> None:
+    """One arch in a fresh Python process (its own peak memory); its log shown only on failure."""
+    proc = subprocess.run([sys.executable, __file__, "--archs", "-", "--name", "-", "--worker", spec_path],
+                          capture_output=True, text=True, env=worker_env())
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+        raise SystemExit(f"benchmark worker failed ({proc.returncode}) for {spec_path}")
+
+
+def worker_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+if __name__ == "__main__":
+    main()

@@ -89,38 +89,65 @@ def arch_overrides(args: argparse.Namespace) -> Dict[str, Dict[str, str]]:
     return out
 
 
-def option_argv(options: Dict[str, str]) -> List[str]:
-    """fairseq command-line flags for {option: value}; 'true' gives a bare flag, 'false' none."""
+def option_argv(options: Dict[str, str], actions: Dict[str, argparse.Action], arch: str) -> List[str]:
+    """fairseq command-line flags for {option: value}, written the way each option's parser
+    action takes them: a bare flag for store_true/store_false, ``True``/``False`` for
+    BOOL-valued options; an option the arch's parser lacks is an error naming it."""
     argv: List[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
-        if str(value).lower() == "true":
-            argv.append(flag)
-        elif str(value).lower() != "false":
-            argv += [flag, str(value)]
+        action = actions.get(flag)
+        if action is None:
+            raise ValueError(f"option {key!r} (from a shape flag or --set) is not an option of arch {arch}")
+        text = str(value)
+        if text.lower() in ("true", "false"):
+            text = text.capitalize()
+        if action.nargs == 0:  # store_true / store_false
+            argv += [flag] if (text == "True") == action.const else []
+        else:
+            argv += [flag, text]
     return argv
 
 
-def fairseq_argv(spec: dict, data_dir: str) -> List[str]:
-    """The fairseq-train command line equivalent of one benchmark run."""
+def base_argv(spec: dict, data_dir: str) -> List[str]:
+    """The fairseq-train command line of one benchmark run, before shape and extra options."""
     decoder = spec["task"] in LM_TASKS
-    shape = {SHAPE_OPTIONS[k][int(decoder)]: v for k, v in spec["shape"].items() if v is not None}
-    seq = spec["seq_len"]
-    shape.update({"tokens_per_sample": seq} if decoder else {"tokens_per_sample": seq, "max_positions": seq})
-    if decoder:
-        shape["max_target_positions"] = seq
     argv = [data_dir, "--task", spec["task"], "--arch", spec["arch"], "--criterion",
-            "masked_lm" if not decoder else "cross_entropy", "--optimizer", spec["optimizer"],
+            "cross_entropy" if decoder else "masked_lm", "--optimizer", spec["optimizer"],
             "--lr", "1e-4", "--batch-size", str(spec["batch_size"]), "--seed", "1",
             "--num-workers", "0", "--disable-validation"]
     if spec["device"] == "cpu":
         argv.append("--cpu")
     if spec["precision"] == "fp16":
         argv.append("--fp16")
-    extra = dict(spec["overrides"])
+    return argv
+
+
+def run_options(spec: dict) -> Dict[str, str]:
+    """Shape flags as fairseq's standard option names, then the arch's --set options."""
+    decoder = spec["task"] in LM_TASKS
+    opts = {SHAPE_OPTIONS[k][int(decoder)]: v for k, v in spec["shape"].items() if v is not None}
+    seq = spec["seq_len"]
+    opts.update({"tokens_per_sample": seq, "max_target_positions": seq} if decoder else
+                {"tokens_per_sample": seq, "max_positions": seq})
     if spec["precision"] == "bf16":
-        extra["bf16_autocast"] = "true"
-    return argv + option_argv({**shape, **extra})
+        opts["bf16_autocast"] = "true"
+    return {**opts, **spec["overrides"]}
+
+
+def parse_fairseq_args(spec: dict, data_dir: str) -> argparse.Namespace:
+    """fairseq's own parsing (``options.parse_args_and_arch``): a first pass collects the
+    parser actions of this arch, task, criterion and optimizer, so options are spelled right."""
+    from fairseq import options
+
+    base = base_argv(spec, data_dir)
+    probe = options.get_training_parser()
+    options.parse_args_and_arch(probe, base, parse_known=True)
+    if spec["precision"] == "bf16" and "--bf16-autocast" not in probe._option_string_actions:
+        raise ValueError(f"--precision bf16: arch {spec['arch']} has no bf16_autocast option; "
+                         f"use --set {spec['arch']}:precision=fp16 (stock fairseq's --fp16)")
+    argv = base + option_argv(run_options(spec), probe._option_string_actions, spec["arch"])
+    return options.parse_args_and_arch(options.get_training_parser(), argv)
 
 
 def synthetic_batch(task, spec: dict, dictionary):
@@ -154,7 +181,7 @@ def rss_mb() -> float:
 def run_worker(spec: dict) -> dict:
     """Build one arch through fairseq and time real training steps (in this fresh process)."""
     import torch
-    from fairseq import options, tasks
+    from fairseq import tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.trainer import Trainer
 
@@ -167,12 +194,7 @@ def run_worker(spec: dict) -> dict:
             # nspecial=4 + symbols (+ <mask> added by masked-LM tasks) = vocab_size
             n = spec["vocab_size"] - 4 - int(spec["task"] not in LM_TASKS)
             f.writelines(f"w{i} {n - i}\n" for i in range(n))
-        parser = options.get_training_parser()
-        ns = options.parse_args_and_arch(parser, fairseq_argv(spec, data_dir))
-        if spec["precision"] == "bf16" and not hasattr(ns, "bf16_autocast"):
-            raise ValueError(f"--precision bf16: arch {spec['arch']} has no bf16_autocast option; "
-                             f"use --set {spec['arch']}:precision=fp16 (stock fairseq's --fp16)")
-        cfg = convert_namespace_to_omegaconf(ns)
+        cfg = convert_namespace_to_omegaconf(parse_fairseq_args(spec, data_dir))
         task = tasks.setup_task(cfg.task)
         rss0 = rss_mb()
         if cuda:

@@ -171,10 +171,31 @@ def test_flops_criterion_logs_batch_flops(tiny_data):
     assert "flops" not in criterion(model, batch)[2]  # validation is not counted
 
 
+def _spec_of(arch, tmp_path, precision="fp32", **overrides):
+    (tmp_path / "dict.txt").write_text("".join(f"w{i} 1\n" for i in range(50)))
+    return {"arch": arch, "task": "masked_lm", "shape": {"layers": 3, "embed_dim": 32, "ffn_dim": None, "heads": None},
+            "seq_len": 24, "batch_size": 2, "optimizer": "adam", "device": "cpu", "precision": precision,
+            "overrides": overrides}
+
+
+def test_options_reach_fairseq_spelled_per_arch(tmp_path):
+    ns = throughput.parse_fairseq_args(_spec_of("roberta_ext_baseline_tiny", tmp_path, "bf16", alibi="true",
+                                                positions="none", embed_layernorm="false"), str(tmp_path))
+    assert (ns.encoder_layers, ns.encoder_embed_dim, ns.encoder_ffn_embed_dim) == (3, 32, 128)
+    assert (ns.max_positions, ns.tokens_per_sample) == (24, 24)
+    assert ns.bf16_autocast is True and ns.alibi is True and ns.embed_layernorm is False
+    ns = throughput.parse_fairseq_args(_spec_of("roberta_base", tmp_path, untie_weights_roberta="true"),
+                                       str(tmp_path))  # a store_true flag of stock RoBERTa
+    assert ns.untie_weights_roberta is True and ns.encoder_layers == 3
+    with pytest.raises(ValueError, match="bf16_autocast"):
+        throughput.parse_fairseq_args(_spec_of("roberta_base", tmp_path, "bf16"), str(tmp_path))
+    with pytest.raises(ValueError, match="'alibi' .* roberta_base"):
+        throughput.parse_fairseq_args(_spec_of("roberta_base", tmp_path, alibi="true"), str(tmp_path))
+
+
 def test_set_option_errors_name_the_flag():
     args = throughput.parse_args(["--archs", "a,b", "--name", "x", "--set", "c:k=1"])
     with pytest.raises(ValueError, match="--set"):
         throughput.arch_overrides(args)
     args = throughput.parse_args(["--archs", "a,b", "--name", "x", "--set", "b:alibi=true", "--set", "b:k=2"])
     assert throughput.arch_overrides(args) == {"a": {}, "b": {"alibi": "true", "k": "2"}}
-    assert throughput.option_argv({"alibi": "true", "clap_head": "false", "k": "2"}) == ["--alibi", "--k", "2"]

@@ -9,7 +9,7 @@ per configuration), and ``benchmarks/results/<name>.json`` for docs/RESULTS.md.
 Interrupted comparisons resume: a run with a done-marker (``DONE.json``) for the same budget is
 not retrained; a half-done run restarts through fairseq's own ``checkpoint_last.pt``.
 
-    python benchmarks/compare.py --spec benchmarks/specs/pg_mini_small.yaml --max-update 2000
+    python benchmarks/compare.py --spec benchmarks/specs/pg_mini_roberta_small_cpu.yaml --max-update 150
 """
 import argparse
 import json

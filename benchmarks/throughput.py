@@ -66,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="fp16: fairseq's --fp16 (FP16Optimizer); bf16: the arch's bf16_autocast option")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="alternate the archs' repeats (all archs' processes alive at once) instead of "
+                        "one arch after another; default: on for cpu, off for cuda")
     p.add_argument("--optimizer", default="adam", help="fairseq optimizer")
     p.add_argument("--peak-tflops", type=float, help="device peak bf16 TFLOP/s for MFU (default: looked up from the GPU name)")
     p.add_argument("--name", required=True, help="result name: writes benchmarks/results/<name>.json")
@@ -178,8 +181,14 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_worker(spec: dict) -> dict:
-    """Build one arch through fairseq and time real training steps (in this fresh process)."""
+def say(channel, word: str) -> None:
+    channel.write(word + "\n")
+    channel.flush()
+
+
+def run_worker(spec: dict, channel) -> dict:
+    """Build one arch through fairseq and time real training steps (in this fresh process),
+    one repeat each time the parent writes "go" on stdin; "ready"/"done" go to ``channel``."""
     import torch
     from fairseq import tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -215,7 +224,13 @@ def run_worker(spec: dict) -> dict:
         return time.perf_counter() - start
 
     steps(spec["warmup"])
-    times = [steps(spec["steps"]) for _ in range(spec["repeats"])]
+    times = []
+    say(channel, "ready")
+    for _ in range(spec["repeats"]):  # a repeat runs when the parent says so (interleaving)
+        if sys.stdin.readline().strip() != "go":
+            raise SystemExit("benchmark worker: parent went away")
+        times.append(steps(spec["steps"]))
+        say(channel, "done")
     if cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -273,27 +288,30 @@ def lookup_peak(gpu_name: str):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.worker:
+        channel = os.fdopen(os.dup(1), "w")  # the protocol keeps stdout; anything printed goes to stderr
+        os.dup2(2, 1)
         spec = json.loads(Path(args.worker).read_text())
-        Path(spec["out"]).write_text(json.dumps(run_worker(spec)))
+        result = run_worker(spec, channel)
+        Path(spec["out"]).write_text(json.dumps(result))
+        channel.close()
         return {}
     args.task = TASK_ALIASES.get(args.task, args.task)
     overrides = arch_overrides(args)
     shape = {k: getattr(args, k) for k in SHAPE_OPTIONS}
     machine = machine_info(args.device)
     peak = args.peak_tflops or (lookup_peak(machine.get("gpu", "")) if args.device == "cuda" else None)
-    runs = []
+    interleave = args.interleave if args.interleave is not None else args.device == "cpu"
     with tempfile.TemporaryDirectory() as tmp:
+        specs = []
         for i, arch in enumerate(args.archs.split(",")):
             extra = dict(overrides[arch])
-            spec = {"arch": arch, "task": args.task, "shape": shape, "seq_len": args.seq_len,
-                    "batch_size": args.batch_size, "vocab_size": args.vocab_size,
-                    "precision": extra.pop("precision", args.precision), "overrides": extra,
-                    "optimizer": args.optimizer, "device": args.device, "steps": args.steps,
-                    "warmup": args.warmup, "repeats": args.repeats, "out": f"{tmp}/{i}.out.json"}
-            Path(f"{tmp}/{i}.json").write_text(json.dumps(spec))
-            print(f"[throughput] {arch} ...", file=sys.stderr, flush=True)
-            run_arch_subprocess(f"{tmp}/{i}.json")
-            runs.append(summarize(json.loads(Path(spec["out"]).read_text()), spec, peak))
+            specs.append({"arch": arch, "task": args.task, "shape": shape, "seq_len": args.seq_len,
+                          "batch_size": args.batch_size, "vocab_size": args.vocab_size,
+                          "precision": extra.pop("precision", args.precision), "overrides": extra,
+                          "optimizer": args.optimizer, "device": args.device, "steps": args.steps,
+                          "warmup": args.warmup, "repeats": args.repeats, "out": f"{tmp}/{i}.out.json"})
+        run_workers(specs, Path(tmp), interleave)
+        runs = [summarize(json.loads(Path(spec["out"]).read_text()), spec, peak) for spec in specs]
     add_ratios(runs)
     result = {
         "kind": "throughput", "name": args.name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -311,13 +329,59 @@ def main(argv=None) -> dict:
     return result
 
 
-def run_arch_subprocess(spec_path: str) -> None:
-    """One arch in a fresh Python process (its own peak memory); its log shown only on failure."""
-    proc = subprocess.run([sys.executable, __file__, "--archs", "-", "--name", "-", "--worker", spec_path],
-                          capture_output=True, text=True, env=worker_env())
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
-        raise SystemExit(f"benchmark worker failed ({proc.returncode}) for {spec_path}")
+class Worker:
+    """One arch's benchmark process; its log goes to a file, shown only when it fails."""
+
+    def __init__(self, spec: dict, tmp: Path, index: int):
+        self.arch = spec["arch"]
+        (tmp / f"{index}.json").write_text(json.dumps(spec))
+        self.log_path = tmp / f"{index}.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "--archs", "-", "--name", "-", "--worker", str(tmp / f"{index}.json")],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=worker_env())
+        print(f"[throughput] {self.arch}: building, warming up", file=sys.stderr, flush=True)
+
+    def expect(self, word: str) -> None:
+        if self.proc.stdout.readline().strip() != word:
+            self.proc.wait()
+            sys.stderr.write(self.log_path.read_text()[-6000:])
+            raise SystemExit(f"benchmark worker for {self.arch} failed ({self.proc.returncode})")
+
+    def repeat(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        self.expect("done")
+
+    def finish(self) -> None:
+        self.proc.stdin.close()
+        if self.proc.wait() != 0:
+            sys.stderr.write(self.log_path.read_text()[-6000:])
+            raise SystemExit(f"benchmark worker for {self.arch} failed ({self.proc.returncode})")
+
+
+def run_workers(specs: List[dict], tmp: Path, interleave: bool) -> None:
+    """Each arch in a fresh process. Interleaved (default on CPU, where other load drifts over
+    time): every arch is built and warmed up, then repeat r of each arch runs in turn before
+    repeat r+1, so a slow spell hits all archs alike; one worker computes at any moment.
+    Sequential (default on CUDA): one arch after another, only one model in device memory."""
+    if interleave:
+        workers = []
+        for i, spec in enumerate(specs):
+            workers.append(Worker(spec, tmp, i))
+            workers[-1].expect("ready")  # builds one at a time, so none competes with another
+        for _ in range(specs[0]["repeats"]):
+            for w in workers:
+                w.repeat()
+        for w in workers:
+            w.finish()
+        return
+    for i, spec in enumerate(specs):
+        w = Worker(spec, tmp, i)
+        w.expect("ready")
+        for _ in range(spec["repeats"]):
+            w.repeat()
+        w.finish()
 
 
 def worker_env() -> Dict[str, str]:

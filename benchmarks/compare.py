@@ -270,8 +270,9 @@ def main(argv=None) -> dict:
         raise ValueError("no data dir: give --data or 'data' in the spec")
     budget = ({"max_update": args.max_update} if args.max_update else
               {"stop_time_hours": args.stop_time_hours} if args.stop_time_hours else spec.get("budget"))
-    if not budget:
-        raise ValueError("no budget: give --max-update / --stop-time-hours or 'budget' in the spec")
+    if not budget or not set(budget) <= {"max_update", "stop_time_hours"}:
+        raise ValueError(f"budget {budget!r}: give --max-update / --stop-time-hours, or 'budget' in the "
+                         "spec with max_update and/or stop_time_hours")
     work = Path(args.work_dir or REPO / "checkpoints" / "compare" / name)
     runs = [run_one(r, spec, str(data), budget, work / r["name"], args.timeout) for r in spec["runs"]]
     results_dir = Path(args.results_dir)

@@ -191,7 +191,7 @@ def summarize(name: str, argv: List[str], log_text: str, checkpoint: Optional[Pa
     return {
         "name": name, "command": " ".join(shlex.quote(a) for a in argv), "updates": updates,
         "wall_s": last_train.get("wall", last_inner.get("wall")),
-        "train_loss": last_train.get("loss"), "valid_loss": last_valid.get("loss"),
+        "train_loss": last_inner.get("loss", last_train.get("loss")), "valid_loss": last_valid.get("loss"),
         "valid_ppl": last_valid.get("ppl"),
         "best_valid_loss": min(losses) if losses else None,
         "wps": last_train.get("wps", last_inner.get("wps")), "total_flops": c["total_flops"], "curve": c,

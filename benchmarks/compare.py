@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", help="run dirs with checkpoints and logs (default checkpoints/compare/<name>)")
     p.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"), help="where JSON and PNG go")
     p.add_argument("--timeout", type=float, help="seconds per fairseq run before it is stopped (resume later)")
+    p.add_argument("--note", help="a remark shown with the result in docs/RESULTS.md (e.g. shared CPU)")
     p.add_argument("--no-docs", action="store_true", help="do not regenerate docs/RESULTS.md")
     return p.parse_args(argv)
 
@@ -281,7 +282,7 @@ def main(argv=None) -> dict:
         "kind": "compare", "name": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python benchmarks/compare.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "machine": machine_info("cuda" if _has_cuda() else "cpu"),
-        "spec": spec, "budget": budget, "data": str(data), "runs": runs,
+        "note": args.note or spec.get("note"), "spec": spec, "budget": budget, "data": str(data), "runs": runs,
         "plots": [str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png)],
     }
     (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")

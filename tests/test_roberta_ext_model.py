@@ -226,3 +226,23 @@ def test_masked_lm_ext_rejects_a_dictionary_with_mask():
     d.add_symbol("<mask>")
     with pytest.raises(ValueError, match="omit-mask"):
         MaskedLMExtTask(MaskedLMExtConfig(data="unused", omit_mask=True), d)
+
+
+def _parse(*argv):
+    from fairseq import options
+
+    parser = options.get_training_parser()
+    return options.parse_args_and_arch(parser, input_args=["unused", "--task", "masked_lm", *argv])
+
+
+def test_command_line_switches_every_boolean_both_ways():
+    args = _parse("--arch", "roberta_ext_learned_clap_tiny", "--l2norm-embedding", "false",
+                  "--embed-layernorm", "True", "--positions", "sinusoidal")
+    ARCH_CONFIG_REGISTRY[args.arch](args)
+    assert args.clap_head and not args.l2norm_embedding and args.layernorm_embedding
+    assert args.positions == "sinusoidal" and not args.encoder_learned_pos
+    args = _parse("--arch", "roberta_ext_baseline_tiny", "--clap-head", "1")
+    ARCH_CONFIG_REGISTRY[args.arch](args)
+    assert args.clap_head and args.l2norm_embedding  # follows --clap-head by default
+    with pytest.raises(SystemExit):
+        _parse("--arch", "roberta_ext_baseline_tiny", "--clap-head", "maybe")

@@ -14,13 +14,12 @@ here the same models come from subclasses of ``RobertaModel`` / ``RobertaEncoder
 * Zero-vector masking: ``<mask>`` is not a vocabulary row; its id (the vocabulary size) gives
   an exact zero input vector. Self-masking zeroes a random subset of inputs inside the model.
 """
-import functools
+import argparse
 from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq import utils
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta import RobertaEncoder, RobertaModel
@@ -99,10 +98,19 @@ def option_fields():
     return [f for f in fields(RobertaExtConfig) if not f.name.startswith("_")]
 
 
+def parse_bool(text: str) -> bool:
+    """Command-line booleans: True/False, true/false, yes/no, on/off or 1/0."""
+    value = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
+    return value
+
+
 def _argparse_kwargs(f) -> dict:
     kwargs = {"help": f.metadata["help"]}
     if f.type is bool:
-        kwargs.update(type=utils.eval_bool, metavar="BOOL")
+        kwargs.update(type=parse_bool, metavar="BOOL")
     elif f.name == "positions":
         kwargs.update(type=str, choices=POSITIONS)
     else:
@@ -375,14 +383,109 @@ VARIANTS = {
 }
 
 
-def _preset(defaults: dict, args):
-    for key, value in defaults.items():
+def _preset(args, variant: str, size: str):
+    """Fill a variant's and a size's defaults (options already set win), then the rest."""
+    for key, value in {**SIZES[size], **VARIANTS[variant]}.items():
         if safe_getattr(args, key) is None:
             setattr(args, key, value)
     roberta_ext_base_architecture(args)
 
 
-for _variant, _variant_defaults in VARIANTS.items():
-    for _size, _size_defaults in SIZES.items():
-        register_model_architecture("roberta_ext", f"roberta_ext_{_variant}_{_size}")(
-            functools.partial(_preset, {**_size_defaults, **_variant_defaults}))
+@register_model_architecture("roberta_ext", "roberta_ext_baseline_tiny")
+def roberta_ext_baseline_tiny(args):
+    _preset(args, "baseline", "tiny")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_baseline_small")
+def roberta_ext_baseline_small(args):
+    _preset(args, "baseline", "small")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_baseline_base")
+def roberta_ext_baseline_base(args):
+    _preset(args, "baseline", "base")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_baseline_large")
+def roberta_ext_baseline_large(args):
+    _preset(args, "baseline", "large")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_learned_clap_tiny")
+def roberta_ext_learned_clap_tiny(args):
+    _preset(args, "learned_clap", "tiny")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_learned_clap_small")
+def roberta_ext_learned_clap_small(args):
+    _preset(args, "learned_clap", "small")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_learned_clap_base")
+def roberta_ext_learned_clap_base(args):
+    _preset(args, "learned_clap", "base")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_learned_clap_large")
+def roberta_ext_learned_clap_large(args):
+    _preset(args, "learned_clap", "large")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_alibi_tiny")
+def roberta_ext_alibi_tiny(args):
+    _preset(args, "alibi", "tiny")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_alibi_small")
+def roberta_ext_alibi_small(args):
+    _preset(args, "alibi", "small")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_alibi_base")
+def roberta_ext_alibi_base(args):
+    _preset(args, "alibi", "base")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_alibi_large")
+def roberta_ext_alibi_large(args):
+    _preset(args, "alibi", "large")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_zero_clap_tiny")
+def roberta_ext_zero_clap_tiny(args):
+    _preset(args, "zero_clap", "tiny")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_zero_clap_small")
+def roberta_ext_zero_clap_small(args):
+    _preset(args, "zero_clap", "small")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_zero_clap_base")
+def roberta_ext_zero_clap_base(args):
+    _preset(args, "zero_clap", "base")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_zero_clap_large")
+def roberta_ext_zero_clap_large(args):
+    _preset(args, "zero_clap", "large")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_sinusoidal_tiny")
+def roberta_ext_sinusoidal_tiny(args):
+    _preset(args, "sinusoidal", "tiny")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_sinusoidal_small")
+def roberta_ext_sinusoidal_small(args):
+    _preset(args, "sinusoidal", "small")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_sinusoidal_base")
+def roberta_ext_sinusoidal_base(args):
+    _preset(args, "sinusoidal", "base")
+
+
+@register_model_architecture("roberta_ext", "roberta_ext_sinusoidal_large")
+def roberta_ext_sinusoidal_large(args):
+    _preset(args, "sinusoidal", "large")

@@ -206,5 +206,7 @@ def test_set_option_errors_name_the_flag():
     args = throughput.parse_args(["--archs", "a,b", "--name", "x", "--set", "c:k=1"])
     with pytest.raises(ValueError, match="--set"):
         throughput.arch_overrides(args)
+    with pytest.raises(ValueError, match="each arch once"):
+        throughput.arch_overrides(throughput.parse_args(["--archs", "a,a", "--name", "x"]))
     args = throughput.parse_args(["--archs", "a,b", "--name", "x", "--set", "b:alibi=true", "--set", "b:k=2"])
     assert throughput.arch_overrides(args) == {"a": {}, "b": {"alibi": "true", "k": "2"}}

@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", help="run dirs with checkpoints and logs (default checkpoints/compare/<name>)")
     p.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"), help="where JSON and PNG go")
     p.add_argument("--timeout", type=float, help="seconds per fairseq run before it is stopped (resume later)")
+    p.add_argument("--note", help="a remark shown with the result in docs/RESULTS.md (e.g. shared CPU)")
     p.add_argument("--no-docs", action="store_true", help="do not regenerate docs/RESULTS.md")
     return p.parse_args(argv)
 
@@ -191,7 +192,7 @@ def summarize(name: str, argv: List[str], log_text: str, checkpoint: Optional[Pa
     return {
         "name": name, "command": " ".join(shlex.quote(a) for a in argv), "updates": updates,
         "wall_s": last_train.get("wall", last_inner.get("wall")),
-        "train_loss": last_train.get("loss"), "valid_loss": last_valid.get("loss"),
+        "train_loss": last_inner.get("loss", last_train.get("loss")), "valid_loss": last_valid.get("loss"),
         "valid_ppl": last_valid.get("ppl"),
         "best_valid_loss": min(losses) if losses else None,
         "wps": last_train.get("wps", last_inner.get("wps")), "total_flops": c["total_flops"], "curve": c,
@@ -270,8 +271,9 @@ def main(argv=None) -> dict:
         raise ValueError("no data dir: give --data or 'data' in the spec")
     budget = ({"max_update": args.max_update} if args.max_update else
               {"stop_time_hours": args.stop_time_hours} if args.stop_time_hours else spec.get("budget"))
-    if not budget:
-        raise ValueError("no budget: give --max-update / --stop-time-hours or 'budget' in the spec")
+    if not budget or not set(budget) <= {"max_update", "stop_time_hours"}:
+        raise ValueError(f"budget {budget!r}: give --max-update / --stop-time-hours, or 'budget' in the "
+                         "spec with max_update and/or stop_time_hours")
     work = Path(args.work_dir or REPO / "checkpoints" / "compare" / name)
     runs = [run_one(r, spec, str(data), budget, work / r["name"], args.timeout) for r in spec["runs"]]
     results_dir = Path(args.results_dir)
@@ -280,7 +282,7 @@ def main(argv=None) -> dict:
         "kind": "compare", "name": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python benchmarks/compare.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "machine": machine_info("cuda" if _has_cuda() else "cpu"),
-        "spec": spec, "budget": budget, "data": str(data), "runs": runs,
+        "note": args.note or spec.get("note"), "spec": spec, "budget": budget, "data": str(data), "runs": runs,
         "plots": [str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png)],
     }
     (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")

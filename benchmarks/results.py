@@ -92,9 +92,9 @@ def section(result: dict) -> str:
         table = throughput_table(result)
     else:
         table = compare_table(result)
-        for plot in result.get("plots", []):
-            rel = Path("..") / plot
-            lines.append(f"- plot: [{Path(plot).name}]({rel.as_posix()})")
+        budget = ", ".join(f"{k} {v}" for k, v in result["budget"].items())
+        lines.append(f"- data: `{result['data']}`; budget per run: {budget}")
+        table += "".join(f"\n\n![{result['name']}]({(Path('..') / plot).as_posix()})" for plot in result.get("plots", []))
     return "\n".join(lines + ["", table, ""])
 
 

@@ -82,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def arch_overrides(args: argparse.Namespace) -> Dict[str, Dict[str, str]]:
     """``--set ARCH:key=value`` as {arch: {key: value}}; bad entries fail with the flag named."""
     archs = args.archs.split(",")
+    if len(set(archs)) != len(archs):
+        raise ValueError(f"--archs {args.archs}: each arch once (its --set options are keyed by its name)")
     out: Dict[str, Dict[str, str]] = {a: {} for a in archs}
     for item in args.set:
         arch, sep, kv = item.partition(":")

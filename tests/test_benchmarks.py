@@ -152,17 +152,26 @@ def test_compare_two_runs_plots_and_resumes(tiny_data, tmp_path):
         assert [int(r["num_updates"]) for r in inner] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
-def test_flops_criterion_logs_batch_flops(tiny_data):
-    """masked_lm_flops: the stock loss plus analytic FLOPs of the batch, summed into gflop."""
-    cfg, task, model = _build([str(tiny_data), "--task", "masked_lm", "--arch", "roberta_ext_baseline_tiny",
-                               "--criterion", "masked_lm_flops", "--tokens-per-sample", "32",
-                               "--sample-break-mode", "none", "--batch-size", "4", "--cpu"])
+LM = ["--task", "language_modeling", "--arch", "transformer_lm_gpt", "--criterion", "cross_entropy_flops",
+      "--decoder-layers", "2", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
+      "--decoder-attention-heads", "2"]
+MLM = ["--task", "masked_lm", "--arch", "roberta_ext_baseline_tiny", "--criterion", "masked_lm_flops"]
+
+
+@pytest.mark.parametrize("kind", ["masked_lm_flops", "cross_entropy_flops"])
+def test_flops_criterion_logs_batch_flops(tiny_data, kind):
+    """The stock loss plus the analytic FLOPs of the batch, summed into ``gflop`` per update."""
+    cfg, task, model = _build([str(tiny_data), *(MLM if kind == "masked_lm_flops" else LM),
+                               "--tokens-per-sample", "32", "--sample-break-mode", "none", "--cpu"])
     task.load_dataset("valid")
     criterion = task.build_criterion(cfg.criterion)
     batch = task.dataset("valid").collater([task.dataset("valid")[i] for i in range(4)])
     model.train()
     loss, sample_size, log = criterion(model, batch)
-    expected = model.flops_per_token(32) * batch["ntokens"]
+    if kind == "masked_lm_flops":  # the plugin model's own cost
+        expected = model.flops_per_token(32) * batch["ntokens"]
+    else:  # the stock formula: 6·weights + attention + output layer
+        expected = transformer_flops_per_token(2, 32, 64, len(task.dictionary), 32) * batch["ntokens"]
     assert log["flops"] == pytest.approx(expected) and log["loss"] == pytest.approx(loss.item())
     with metrics.aggregate() as agg:
         type(criterion).reduce_metrics([log, log])
@@ -197,5 +206,7 @@ def test_set_option_errors_name_the_flag():
     args = throughput.parse_args(["--archs", "a,b", "--name", "x", "--set", "c:k=1"])
     with pytest.raises(ValueError, match="--set"):
         throughput.arch_overrides(args)
+    with pytest.raises(ValueError, match="each arch once"):
+        throughput.arch_overrides(throughput.parse_args(["--archs", "a,a", "--name", "x"]))
     args = throughput.parse_args(["--archs", "a,b", "--name", "x", "--set", "b:alibi=true", "--set", "b:k=2"])
     assert throughput.arch_overrides(args) == {"a": {}, "b": {"alibi": "true", "k": "2"}}

@@ -13,7 +13,7 @@ as a continuation, not as a new word ``▁.``; the answer is a word when the mas
 ``topk`` answers come back; answers carry no ``▁`` and no stray spaces.
 """
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 from fairseq import utils

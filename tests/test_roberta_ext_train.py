@@ -1,7 +1,6 @@
 """roberta_ext end to end, in real fairseq processes: fairseq-train for every variant,
 fairseq-hydra-train from a yaml, reload, from_pretrained + fill_mask, longer inputs for ALiBi,
 and stock sentence_prediction fine-tuning from each checkpoint."""
-import re
 
 import pytest
 import torch
@@ -113,25 +112,6 @@ def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path):
     losses = [float(r["loss"]) for r in json_log_records(proc.stdout + proc.stderr, prefix="*") if "loss" in r]
     assert len(losses) >= 5 and losses[-1] < losses[0] - 0.3
     assert (tmp_path / "checkpoint_last.pt").exists()
-
-
-@pytest.fixture(scope="module")
-def classification_data(tiny_data, tiny_text, tmp_path_factory):
-    """A tiny GLUE-style binary task (input0/, label/): does the sentence mention a year?"""
-    import sentencepiece as spm
-
-    root = tmp_path_factory.mktemp("cls")
-    sp = spm.SentencePieceProcessor(model_file=str(tiny_data / "sentencepiece.bpe.model"))
-    text = (tiny_text / "train.txt").read_text()
-    raw = [s.strip() for s in text.split(" . ") if 5 < len(s.split()) < 30][:400]
-    for split, part in (("train", raw[:320]), ("valid", raw[320:])):
-        (root / f"{split}.input0").write_text("\n".join(" ".join(sp.encode(s, out_type=str)) for s in part) + "\n")
-        (root / f"{split}.label").write_text("\n".join(str(int(bool(re.search(r"\b1[89]\d\d\b", s)))) for s in part) + "\n")
-    for field in ("input0", "label"):
-        extra = ["--srcdict", tiny_data / "dict.txt"] if field == "input0" else []
-        run_fairseq(["fairseq-preprocess", "--only-source", "--trainpref", root / f"train.{field}",
-                     "--validpref", root / f"valid.{field}", "--destdir", root / field, "--workers", "1", *extra])
-    return root
 
 
 @pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT])

@@ -55,7 +55,8 @@ class FactorisedRobertaModel(RobertaModel):
     @classmethod
     def add_args(cls, parser):
         RobertaModel.add_args(parser)
-        gen_parser_from_dataclass(parser, cls.config_class())
+        # no argparse defaults: arch presets fill what the user left unset (fill_defaults)
+        gen_parser_from_dataclass(parser, cls.config_class(), delete_default=True)
 
     @classmethod
     def fill_defaults(cls, args):

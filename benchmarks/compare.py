@@ -9,10 +9,11 @@ per configuration), and ``benchmarks/results/<name>.json`` for docs/RESULTS.md.
 Interrupted comparisons resume: a run with a done-marker (``DONE.json``) for the same budget is
 not retrained; a half-done run restarts through fairseq's own ``checkpoint_last.pt``.
 
-    python benchmarks/compare.py --spec benchmarks/specs/pg_mini_small.yaml --max-update 2000
+    python benchmarks/compare.py --spec benchmarks/specs/pg_mini_roberta_small_cpu.yaml --max-update 150
 """
 import argparse
 import json
+import logging
 import re
 import shlex
 import subprocess
@@ -28,7 +29,8 @@ from benchmarks import results  # noqa: E402
 from benchmarks.throughput import machine_info, worker_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
-RECORD = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+# "... | INFO | valid | {json}" (fairseq-train) or "[...][valid][INFO] - {json}" (fairseq-hydra-train)
+RECORD = re.compile(r"(?:\| |\[)(train_inner|train|valid)(?: \| |\]\[\w+\] - )(\{.*\})\s*$")
 RESTORED = re.compile(r"[Ll]oaded checkpoint .* \(epoch \d+ @ (\d+) updates\)")
 FLOPS_CRITERIA = {"masked_lm": "masked_lm_flops", "cross_entropy": "cross_entropy_flops"}
 
@@ -44,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work-dir", help="run dirs with checkpoints and logs (default checkpoints/compare/<name>)")
     p.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"), help="where JSON and PNG go")
     p.add_argument("--timeout", type=float, help="seconds per fairseq run before it is stopped (resume later)")
+    p.add_argument("--note", help="a remark shown with the result in docs/RESULTS.md (e.g. shared CPU)")
     p.add_argument("--no-docs", action="store_true", help="do not regenerate docs/RESULTS.md")
     return p.parse_args(argv)
 
@@ -127,21 +130,24 @@ def _is_number(v) -> bool:
         return False
 
 
-def curves(records: Dict[str, List[dict]]) -> dict:
+def curves(records: Dict[str, List[dict]], flops_per_token: Optional[float] = None) -> dict:
     """Validation loss against updates, wall seconds and cumulative analytic FLOPs.
 
     Training records give (updates, wall, FLOPs) points — FLOPs accumulate ``gflop`` (mean
-    GFLOPs per update over each log interval, logged by the *_flops criterions) × updates — and
-    each validation is placed on them by linear interpolation in updates."""
+    GFLOPs per update over each log interval, logged by the *_flops criterions) × updates, or,
+    when the log has no ``gflop``, ``flops_per_token`` × ``wpb`` (tokens per update) × updates —
+    and each validation is placed on them by linear interpolation in updates."""
     import numpy as np
 
     train = sorted(records["train_inner"] + records["train"], key=lambda r: r["num_updates"])
     ups, walls, flops, total, last_u = [0.0], [0.0], [0.0], 0.0, 0.0
-    has_flops = any("gflop" in r for r in train)
+    logged = any("gflop" in r for r in train)
+    has_flops = logged or flops_per_token is not None
     for r in train:
         if r["num_updates"] <= last_u or "wall" not in r:
             continue
-        total += r.get("gflop", 0.0) * 1e9 * (r["num_updates"] - last_u)
+        per_update = r.get("gflop", 0.0) * 1e9 if logged else (flops_per_token or 0.0) * r.get("wpb", 0.0)
+        total += per_update * (r["num_updates"] - last_u)
         ups.append(r["num_updates"])
         walls.append(r["wall"])
         flops.append(total)
@@ -158,19 +164,35 @@ def curves(records: Dict[str, List[dict]]) -> dict:
     }
 
 
-def summarize(name: str, argv: List[str], log_text: str) -> dict:
+def checkpoint_flops_per_token(checkpoint: Path, data: str) -> Optional[float]:
+    """Analytic training FLOPs per token of a trained run, from its model and tokens_per_sample
+    (for runs whose criterion does not log ``gflop``, e.g. a hydra recipe's plain masked_lm)."""
+    from fairseq import checkpoint_utils
+
+    import fairseq_ext  # noqa: F401  (registers the plugin's models)
+    from fairseq_ext.flops import model_flops_per_token
+
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": data})
+    mask_prob = getattr(cfg.task, "mask_prob", None) if hasattr(task, "mask_idx") else None
+    return model_flops_per_token(models[0], cfg.task.tokens_per_sample, mask_prob or 1.0)
+
+
+def summarize(name: str, argv: List[str], log_text: str, checkpoint: Optional[Path] = None,
+              data: str = "") -> dict:
     """One run's row: final figures from fairseq's records, and its curves."""
     rec = read_records(log_text)
     last_train = (rec["train"] or rec["train_inner"] or [{}])[-1]
     last_inner = (rec["train_inner"] or [{}])[-1]
     last_valid = (rec["valid"] or [{}])[-1]
-    c = curves(rec)
+    logged = any("gflop" in r for r in rec["train_inner"] + rec["train"])
+    fpt = None if logged or checkpoint is None or not checkpoint.exists() else checkpoint_flops_per_token(checkpoint, data)
+    c = curves(rec, fpt)
     updates = max([r["num_updates"] for k in rec for r in rec[k]] or [0])
     losses = [v for v in c["valid_loss"] if v is not None]
     return {
         "name": name, "command": " ".join(shlex.quote(a) for a in argv), "updates": updates,
         "wall_s": last_train.get("wall", last_inner.get("wall")),
-        "train_loss": last_train.get("loss"), "valid_loss": last_valid.get("loss"),
+        "train_loss": last_inner.get("loss", last_train.get("loss")), "valid_loss": last_valid.get("loss"),
         "valid_ppl": last_valid.get("ppl"),
         "best_valid_loss": min(losses) if losses else None,
         "wps": last_train.get("wps", last_inner.get("wps")), "total_flops": c["total_flops"], "curve": c,
@@ -182,6 +204,7 @@ def plot(runs: List[dict], path: Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -209,7 +232,7 @@ def run_one(run: dict, spec: dict, data: str, budget: Dict[str, float], run_dir:
     is always read back from its fairseq log (every attempt appended to ``train.log``)."""
     done, log = run_dir / "DONE.json", run_dir / "train.log"
     argv = train_command(run, spec, data, budget, run_dir / "checkpoints")
-    if done.exists() and json.loads(done.read_text()).get("budget") == budget:
+    if _finished(done, log, argv, budget):
         print(f"[compare] {run['name']}: finished earlier, not retrained", file=sys.stderr, flush=True)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -221,8 +244,21 @@ def run_one(run: dict, spec: dict, data: str, budget: Dict[str, float], run_dir:
                                   env=worker_env(), timeout=timeout)
         if proc.returncode != 0:
             raise SystemExit(f"{run['name']} failed ({proc.returncode}); see {log}; re-run to resume")
-        done.write_text(json.dumps({"budget": budget, "command": argv}, indent=1) + "\n")
-    return summarize(run["name"], argv, log.read_text())
+    done.write_text(json.dumps({"budget": budget, "command": argv}, indent=1) + "\n")
+    return summarize(run["name"], argv, log.read_text(), run_dir / "checkpoints" / "checkpoint_last.pt", data)
+
+
+def _finished(done: Path, log: Path, argv: List[str], budget: Dict[str, float]) -> bool:
+    """Done for this budget: by the marker, or by a log whose last attempt ran this very
+    command to fairseq's "done training" (stopped before writing the marker). Restarting a
+    finished fairseq run is not harmless: it trains one more update past --max-update."""
+    if done.exists():
+        return json.loads(done.read_text()).get("budget") == budget
+    if not log.exists():
+        return False
+    header = "=== compare.py "
+    last = log.read_text().rsplit(header, 1)[-1]
+    return last.split("\n", 1)[0].endswith(" ".join(argv)) and "done training" in last
 
 
 def main(argv=None) -> dict:
@@ -235,8 +271,9 @@ def main(argv=None) -> dict:
         raise ValueError("no data dir: give --data or 'data' in the spec")
     budget = ({"max_update": args.max_update} if args.max_update else
               {"stop_time_hours": args.stop_time_hours} if args.stop_time_hours else spec.get("budget"))
-    if not budget:
-        raise ValueError("no budget: give --max-update / --stop-time-hours or 'budget' in the spec")
+    if not budget or not set(budget) <= {"max_update", "stop_time_hours"}:
+        raise ValueError(f"budget {budget!r}: give --max-update / --stop-time-hours, or 'budget' in the "
+                         "spec with max_update and/or stop_time_hours")
     work = Path(args.work_dir or REPO / "checkpoints" / "compare" / name)
     runs = [run_one(r, spec, str(data), budget, work / r["name"], args.timeout) for r in spec["runs"]]
     results_dir = Path(args.results_dir)
@@ -245,7 +282,7 @@ def main(argv=None) -> dict:
         "kind": "compare", "name": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python benchmarks/compare.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "machine": machine_info("cuda" if _has_cuda() else "cpu"),
-        "spec": spec, "budget": budget, "data": str(data), "runs": runs,
+        "note": args.note or spec.get("note"), "spec": spec, "budget": budget, "data": str(data), "runs": runs,
         "plots": [str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png)],
     }
     (results_dir / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -31,6 +31,10 @@ def _ratio(x: Optional[float]) -> str:
     return "–" if x is None else f"{x:.2f}×"
 
 
+def _params(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
 def throughput_table(result: dict) -> str:
     """One row per arch: medians with their min–max over repeats, and ratios to the first arch."""
     rows = ["| arch | precision | tokens/s (min–max) | ms/update (min–max) | peak mem MB | params | "
@@ -45,7 +49,7 @@ def throughput_table(result: dict) -> str:
         rows.append(
             f"| {arch} | {r['precision']} | {_num(r['tokens_per_s'])} ({_num(lo)}–{_num(hi)}) | "
             f"{_num(r['ms_per_update'], '{:,.1f}')} ({_num(mlo, '{:,.1f}')}–{_num(mhi, '{:,.1f}')}) | "
-            f"{_num(r['peak_mem_mb'])} | {r['params'] / 1e6:.1f}M | "
+            f"{_num(r['peak_mem_mb'])} | {_params(r['params'])} | "
             f"{_num(fpt / 1e9 if fpt else None, '{:.4g}')} | {_num(r['mfu'] * 100 if r['mfu'] is not None else None, '{:.1f}%')} | "
             f"{_ratio(r['ratio']['tokens_per_s'])} | {_ratio(r['ratio']['ms_per_update'])} | "
             f"{_ratio(r['ratio']['peak_mem_mb'])} |")
@@ -88,9 +92,9 @@ def section(result: dict) -> str:
         table = throughput_table(result)
     else:
         table = compare_table(result)
-        for plot in result.get("plots", []):
-            rel = Path("..") / plot
-            lines.append(f"- plot: [{Path(plot).name}]({rel.as_posix()})")
+        budget = ", ".join(f"{k} {v}" for k, v in result["budget"].items())
+        lines.append(f"- data: `{result['data']}`; budget per run: {budget}")
+        table += "".join(f"\n\n![{result['name']}]({(Path('..') / plot).as_posix()})" for plot in result.get("plots", []))
     return "\n".join(lines + ["", table, ""])
 
 

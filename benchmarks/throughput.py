@@ -66,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="fp16: fairseq's --fp16 (FP16Optimizer); bf16: the arch's bf16_autocast option")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="alternate the archs' repeats (all archs' processes alive at once) instead of "
+                        "one arch after another; default: on for cpu, off for cuda")
     p.add_argument("--optimizer", default="adam", help="fairseq optimizer")
     p.add_argument("--peak-tflops", type=float, help="device peak bf16 TFLOP/s for MFU (default: looked up from the GPU name)")
     p.add_argument("--name", required=True, help="result name: writes benchmarks/results/<name>.json")
@@ -79,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def arch_overrides(args: argparse.Namespace) -> Dict[str, Dict[str, str]]:
     """``--set ARCH:key=value`` as {arch: {key: value}}; bad entries fail with the flag named."""
     archs = args.archs.split(",")
+    if len(set(archs)) != len(archs):
+        raise ValueError(f"--archs {args.archs}: each arch once (its --set options are keyed by its name)")
     out: Dict[str, Dict[str, str]] = {a: {} for a in archs}
     for item in args.set:
         arch, sep, kv = item.partition(":")
@@ -89,38 +94,65 @@ def arch_overrides(args: argparse.Namespace) -> Dict[str, Dict[str, str]]:
     return out
 
 
-def option_argv(options: Dict[str, str]) -> List[str]:
-    """fairseq command-line flags for {option: value}; 'true' gives a bare flag, 'false' none."""
+def option_argv(options: Dict[str, str], actions: Dict[str, argparse.Action], arch: str) -> List[str]:
+    """fairseq command-line flags for {option: value}, written the way each option's parser
+    action takes them: a bare flag for store_true/store_false, ``True``/``False`` for
+    BOOL-valued options; an option the arch's parser lacks is an error naming it."""
     argv: List[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
-        if str(value).lower() == "true":
-            argv.append(flag)
-        elif str(value).lower() != "false":
-            argv += [flag, str(value)]
+        action = actions.get(flag)
+        if action is None:
+            raise ValueError(f"option {key!r} (from a shape flag or --set) is not an option of arch {arch}")
+        text = str(value)
+        if text.lower() in ("true", "false"):
+            text = text.capitalize()
+        if action.nargs == 0:  # store_true / store_false
+            argv += [flag] if (text == "True") == action.const else []
+        else:
+            argv += [flag, text]
     return argv
 
 
-def fairseq_argv(spec: dict, data_dir: str) -> List[str]:
-    """The fairseq-train command line equivalent of one benchmark run."""
+def base_argv(spec: dict, data_dir: str) -> List[str]:
+    """The fairseq-train command line of one benchmark run, before shape and extra options."""
     decoder = spec["task"] in LM_TASKS
-    shape = {SHAPE_OPTIONS[k][int(decoder)]: v for k, v in spec["shape"].items() if v is not None}
-    seq = spec["seq_len"]
-    shape.update({"tokens_per_sample": seq} if decoder else {"tokens_per_sample": seq, "max_positions": seq})
-    if decoder:
-        shape["max_target_positions"] = seq
     argv = [data_dir, "--task", spec["task"], "--arch", spec["arch"], "--criterion",
-            "masked_lm" if not decoder else "cross_entropy", "--optimizer", spec["optimizer"],
+            "cross_entropy" if decoder else "masked_lm", "--optimizer", spec["optimizer"],
             "--lr", "1e-4", "--batch-size", str(spec["batch_size"]), "--seed", "1",
             "--num-workers", "0", "--disable-validation"]
     if spec["device"] == "cpu":
         argv.append("--cpu")
     if spec["precision"] == "fp16":
         argv.append("--fp16")
-    extra = dict(spec["overrides"])
+    return argv
+
+
+def run_options(spec: dict) -> Dict[str, str]:
+    """Shape flags as fairseq's standard option names, then the arch's --set options."""
+    decoder = spec["task"] in LM_TASKS
+    opts = {SHAPE_OPTIONS[k][int(decoder)]: v for k, v in spec["shape"].items() if v is not None}
+    seq = spec["seq_len"]
+    opts.update({"tokens_per_sample": seq, "max_target_positions": seq} if decoder else
+                {"tokens_per_sample": seq, "max_positions": seq})
     if spec["precision"] == "bf16":
-        extra["bf16_autocast"] = "true"
-    return argv + option_argv({**shape, **extra})
+        opts["bf16_autocast"] = "true"
+    return {**opts, **spec["overrides"]}
+
+
+def parse_fairseq_args(spec: dict, data_dir: str) -> argparse.Namespace:
+    """fairseq's own parsing (``options.parse_args_and_arch``): a first pass collects the
+    parser actions of this arch, task, criterion and optimizer, so options are spelled right."""
+    from fairseq import options
+
+    base = base_argv(spec, data_dir)
+    probe = options.get_training_parser()
+    options.parse_args_and_arch(probe, base, parse_known=True)
+    if spec["precision"] == "bf16" and "--bf16-autocast" not in probe._option_string_actions:
+        raise ValueError(f"--precision bf16: arch {spec['arch']} has no bf16_autocast option; "
+                         f"use --set {spec['arch']}:precision=fp16 (stock fairseq's --fp16)")
+    argv = base + option_argv(run_options(spec), probe._option_string_actions, spec["arch"])
+    return options.parse_args_and_arch(options.get_training_parser(), argv)
 
 
 def synthetic_batch(task, spec: dict, dictionary):
@@ -151,10 +183,16 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_worker(spec: dict) -> dict:
-    """Build one arch through fairseq and time real training steps (in this fresh process)."""
+def say(channel, word: str) -> None:
+    channel.write(word + "\n")
+    channel.flush()
+
+
+def run_worker(spec: dict, channel) -> dict:
+    """Build one arch through fairseq and time real training steps (in this fresh process),
+    one repeat each time the parent writes "go" on stdin; "ready"/"done" go to ``channel``."""
     import torch
-    from fairseq import options, tasks
+    from fairseq import tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.trainer import Trainer
 
@@ -167,12 +205,7 @@ def run_worker(spec: dict) -> dict:
             # nspecial=4 + symbols (+ <mask> added by masked-LM tasks) = vocab_size
             n = spec["vocab_size"] - 4 - int(spec["task"] not in LM_TASKS)
             f.writelines(f"w{i} {n - i}\n" for i in range(n))
-        parser = options.get_training_parser()
-        ns = options.parse_args_and_arch(parser, fairseq_argv(spec, data_dir))
-        if spec["precision"] == "bf16" and not hasattr(ns, "bf16_autocast"):
-            raise ValueError(f"--precision bf16: arch {spec['arch']} has no bf16_autocast option; "
-                             f"use --set {spec['arch']}:precision=fp16 (stock fairseq's --fp16)")
-        cfg = convert_namespace_to_omegaconf(ns)
+        cfg = convert_namespace_to_omegaconf(parse_fairseq_args(spec, data_dir))
         task = tasks.setup_task(cfg.task)
         rss0 = rss_mb()
         if cuda:
@@ -193,7 +226,13 @@ def run_worker(spec: dict) -> dict:
         return time.perf_counter() - start
 
     steps(spec["warmup"])
-    times = [steps(spec["steps"]) for _ in range(spec["repeats"])]
+    times = []
+    say(channel, "ready")
+    for _ in range(spec["repeats"]):  # a repeat runs when the parent says so (interleaving)
+        if sys.stdin.readline().strip() != "go":
+            raise SystemExit("benchmark worker: parent went away")
+        times.append(steps(spec["steps"]))
+        say(channel, "done")
     if cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -251,27 +290,30 @@ def lookup_peak(gpu_name: str):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.worker:
+        channel = os.fdopen(os.dup(1), "w")  # the protocol keeps stdout; anything printed goes to stderr
+        os.dup2(2, 1)
         spec = json.loads(Path(args.worker).read_text())
-        Path(spec["out"]).write_text(json.dumps(run_worker(spec)))
+        result = run_worker(spec, channel)
+        Path(spec["out"]).write_text(json.dumps(result))
+        channel.close()
         return {}
     args.task = TASK_ALIASES.get(args.task, args.task)
     overrides = arch_overrides(args)
     shape = {k: getattr(args, k) for k in SHAPE_OPTIONS}
     machine = machine_info(args.device)
     peak = args.peak_tflops or (lookup_peak(machine.get("gpu", "")) if args.device == "cuda" else None)
-    runs = []
+    interleave = args.interleave if args.interleave is not None else args.device == "cpu"
     with tempfile.TemporaryDirectory() as tmp:
+        specs = []
         for i, arch in enumerate(args.archs.split(",")):
             extra = dict(overrides[arch])
-            spec = {"arch": arch, "task": args.task, "shape": shape, "seq_len": args.seq_len,
-                    "batch_size": args.batch_size, "vocab_size": args.vocab_size,
-                    "precision": extra.pop("precision", args.precision), "overrides": extra,
-                    "optimizer": args.optimizer, "device": args.device, "steps": args.steps,
-                    "warmup": args.warmup, "repeats": args.repeats, "out": f"{tmp}/{i}.out.json"}
-            Path(f"{tmp}/{i}.json").write_text(json.dumps(spec))
-            print(f"[throughput] {arch} ...", file=sys.stderr, flush=True)
-            run_arch_subprocess(f"{tmp}/{i}.json")
-            runs.append(summarize(json.loads(Path(spec["out"]).read_text()), spec, peak))
+            specs.append({"arch": arch, "task": args.task, "shape": shape, "seq_len": args.seq_len,
+                          "batch_size": args.batch_size, "vocab_size": args.vocab_size,
+                          "precision": extra.pop("precision", args.precision), "overrides": extra,
+                          "optimizer": args.optimizer, "device": args.device, "steps": args.steps,
+                          "warmup": args.warmup, "repeats": args.repeats, "out": f"{tmp}/{i}.out.json"})
+        run_workers(specs, Path(tmp), interleave)
+        runs = [summarize(json.loads(Path(spec["out"]).read_text()), spec, peak) for spec in specs]
     add_ratios(runs)
     result = {
         "kind": "throughput", "name": args.name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -289,13 +331,59 @@ def main(argv=None) -> dict:
     return result
 
 
-def run_arch_subprocess(spec_path: str) -> None:
-    """One arch in a fresh Python process (its own peak memory); its log shown only on failure."""
-    proc = subprocess.run([sys.executable, __file__, "--archs", "-", "--name", "-", "--worker", spec_path],
-                          capture_output=True, text=True, env=worker_env())
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
-        raise SystemExit(f"benchmark worker failed ({proc.returncode}) for {spec_path}")
+class Worker:
+    """One arch's benchmark process; its log goes to a file, shown only when it fails."""
+
+    def __init__(self, spec: dict, tmp: Path, index: int):
+        self.arch = spec["arch"]
+        (tmp / f"{index}.json").write_text(json.dumps(spec))
+        self.log_path = tmp / f"{index}.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "--archs", "-", "--name", "-", "--worker", str(tmp / f"{index}.json")],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=worker_env())
+        print(f"[throughput] {self.arch}: building, warming up", file=sys.stderr, flush=True)
+
+    def expect(self, word: str) -> None:
+        if self.proc.stdout.readline().strip() != word:
+            self.proc.wait()
+            sys.stderr.write(self.log_path.read_text()[-6000:])
+            raise SystemExit(f"benchmark worker for {self.arch} failed ({self.proc.returncode})")
+
+    def repeat(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        self.expect("done")
+
+    def finish(self) -> None:
+        self.proc.stdin.close()
+        if self.proc.wait() != 0:
+            sys.stderr.write(self.log_path.read_text()[-6000:])
+            raise SystemExit(f"benchmark worker for {self.arch} failed ({self.proc.returncode})")
+
+
+def run_workers(specs: List[dict], tmp: Path, interleave: bool) -> None:
+    """Each arch in a fresh process. Interleaved (default on CPU, where other load drifts over
+    time): every arch is built and warmed up, then repeat r of each arch runs in turn before
+    repeat r+1, so a slow spell hits all archs alike; one worker computes at any moment.
+    Sequential (default on CUDA): one arch after another, only one model in device memory."""
+    if interleave:
+        workers = []
+        for i, spec in enumerate(specs):
+            workers.append(Worker(spec, tmp, i))
+            workers[-1].expect("ready")  # builds one at a time, so none competes with another
+        for _ in range(specs[0]["repeats"]):
+            for w in workers:
+                w.repeat()
+        for w in workers:
+            w.finish()
+        return
+    for i, spec in enumerate(specs):
+        w = Worker(spec, tmp, i)
+        w.expect("ready")
+        for _ in range(spec["repeats"]):
+            w.repeat()
+        w.finish()
 
 
 def worker_env() -> Dict[str, str]:

@@ -35,12 +35,9 @@ class FlopsLoggingMixin:
         return loss, sample_size, logging_output
 
     def batch_flops(self, model, sample, sample_size):
-        seq_len = sample["net_input"]["src_tokens"].size(1)
-        return self._flops_per_token(model, seq_len, sample, sample_size) * sample["ntokens"]
-
-    @staticmethod
-    def _flops_per_token(model, seq_len, sample, sample_size):
-        return model_flops_per_token(model, seq_len)
+        """Analytic training FLOPs of the batch (None when the model's cost is unknown)."""
+        per_token = model_flops_per_token(model, sample["net_input"]["src_tokens"].size(1))
+        return None if per_token is None else per_token * sample["ntokens"]
 
     @classmethod
     def reduce_metrics(cls, logging_outputs) -> None:
@@ -61,10 +58,10 @@ class MaskedLmFlopsLoss(FlopsLoggingMixin, MaskedLmLoss):
     """fairseq's masked_lm loss, logging FLOPs. The output head runs on masked tokens only,
     so the stock formula uses the batch's real masked fraction (sample_size / ntokens)."""
 
-    @staticmethod
-    def _flops_per_token(model, seq_len, sample, sample_size):
+    def batch_flops(self, model, sample, sample_size):
         fraction = float(sample_size) / max(sample["ntokens"], 1)
-        return model_flops_per_token(model, seq_len, mask_prob=fraction)
+        per_token = model_flops_per_token(model, sample["net_input"]["src_tokens"].size(1), mask_prob=fraction)
+        return None if per_token is None else per_token * sample["ntokens"]
 
 
 @dataclass

@@ -1,0 +1,97 @@
+"""What the GLOM and ALBERT masked LMs share: a RobertaModel / RobertaEncoder pair with the
+factorised embedding and head, so stock ``RobertaModel.from_pretrained``, ``fill_mask``,
+``extract_features`` and ``sentence_prediction`` heads work unchanged. Not a registered model.
+"""
+from dataclasses import fields
+
+import torch
+import torch.nn as nn
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.models.roberta import RobertaEncoder, RobertaModel
+from fairseq.models.roberta.model import base_architecture
+from fairseq.modules.transformer_sentence_encoder import init_bert_params
+from fairseq.utils import safe_getattr
+
+from fairseq_ext.modules.autocast import bf16_autocast
+from fairseq_ext.modules.factorised import FactorisedLMHead
+from fairseq_ext.modules.inference_logits import special_symbol_ids, suppress_special_logits
+
+# Share of tokens the MLM head scores in training (fairseq's --mask-prob default).
+PREDICTED_FRACTION = 0.15
+
+
+def encoder_output(x: torch.Tensor, padding_mask: torch.Tensor, states) -> dict:
+    """fairseq's encoder-output dict from a batch-first final state (B, T, C)."""
+    return {"encoder_out": [x.transpose(0, 1)], "encoder_padding_mask": [padding_mask],
+            "encoder_states": [s.transpose(0, 1) for s in states]}
+
+
+class FactorisedRobertaEncoder(RobertaEncoder):
+    """RobertaEncoder with an E-wide token table and the factorised head; subclasses give
+    ``build_encoder`` and ``head_input_dim``."""
+
+    head_input_dim = None  # features the head reads (default: all of them)
+
+    def build_embedding(self, vocab_size, embedding_dim, padding_idx):
+        return nn.Embedding(vocab_size, self.args.embedding_size, padding_idx)
+
+    def build_lm_head(self, embed_dim, output_dim, activation_fn, weight):
+        if weight is None:
+            raise ValueError("--untie-weights-roberta is not supported: the head is tied to the factorised embedding")
+        return FactorisedLMHead(self.head_input_dim or embed_dim, weight)
+
+
+class FactorisedRobertaModel(RobertaModel):
+    """RobertaModel whose options come from ``config_class`` and whose encoder is
+    ``encoder_class``; bf16 autocast and clean inference logits as every plugin model."""
+
+    config_class = None
+    encoder_class = None
+
+    def __init__(self, args, encoder):
+        super().__init__(args, encoder)
+        self.register_buffer("special_ids", special_symbol_ids(encoder.dictionary), persistent=False)
+
+    @classmethod
+    def add_args(cls, parser):
+        RobertaModel.add_args(parser)
+        gen_parser_from_dataclass(parser, cls.config_class())
+
+    @classmethod
+    def fill_defaults(cls, args):
+        for f in fields(cls.config_class):
+            if not f.name.startswith("_") and safe_getattr(args, f.name) is None:
+                setattr(args, f.name, f.default)
+        base_architecture(args)
+
+    @classmethod
+    def build_model(cls, args, task):
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(args):
+            OmegaConf.set_struct(args, False)
+        cls.fill_defaults(args)
+        if safe_getattr(args, "max_positions") is None:
+            args.max_positions = safe_getattr(args, "tokens_per_sample", task.max_positions())
+        encoder = cls.encoder_class(args, task.source_dictionary)
+        encoder.apply(init_bert_params)
+        if OmegaConf.is_config(args):
+            OmegaConf.set_struct(args, True)
+        return cls(args, encoder)
+
+    def forward(self, src_tokens, features_only=False, return_all_hiddens=False,
+                classification_head_name=None, masked_tokens=None, **kwargs):
+        with bf16_autocast(self.args.bf16_autocast, src_tokens):
+            x, extra = super().forward(src_tokens, features_only, return_all_hiddens,
+                                       classification_head_name, masked_tokens=masked_tokens, **kwargs)
+        x = x.float()
+        if not (self.training or features_only or classification_head_name or masked_tokens is not None):
+            x = suppress_special_logits(x, self.special_ids)
+        return x, extra
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (3 x forward): embedding projection, the encoder, and the
+        head on the predicted positions only."""
+        encoder = self.encoder.sentence_encoder
+        forward = encoder.flops_per_token(seq_len) + PREDICTED_FRACTION * self.encoder.lm_head.flops_per_token()
+        return 3.0 * forward

@@ -1,0 +1,96 @@
+"""ALBERT-style masked LM: factorised embeddings E -> d and one transformer layer shared by all
+layers (Lan et al. 2020, arXiv:1909.11942). The baseline GlomImpl compared GLOM with.
+
+    fairseq-train DATA --user-dir fairseq_ext --task masked_lm --criterion masked_lm --arch albert_base
+"""
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import register_model, register_model_architecture
+from fairseq.modules import TransformerEncoderLayer
+from fairseq.utils import safe_getattr
+
+from fairseq_ext.models._factorised_roberta import FactorisedRobertaEncoder, FactorisedRobertaModel, encoder_output
+from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
+from fairseq_ext.modules.factorised import FactorisedEmbedding
+
+
+@dataclass
+class AlbertConfig(FairseqDataclass):
+    """ALBERT options; sizes use fairseq's names (--encoder-layers = times the one layer runs)."""
+
+    embedding_size: int = field(default=128, metadata={
+        "help": "width E of the factorised token/position embedding (ALBERT section 3.1)"})
+    bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
+
+
+class AlbertSentenceEncoder(nn.Module):
+    """Embedding at width E, projection to d, then fairseq's TransformerEncoderLayer applied
+    --encoder-layers times with the same weights."""
+
+    def __init__(self, args, dictionary, embed_tokens):
+        super().__init__()
+        if args.encoder_layers < 1:
+            raise ValueError(f"--encoder-layers must be at least 1, got {args.encoder_layers}")
+        self.padding_idx = dictionary.pad()
+        self.embed_tokens = embed_tokens
+        self.embedding = FactorisedEmbedding(embed_tokens, args.max_positions, self.padding_idx, args.dropout)
+        self.project = nn.Linear(args.embedding_size, args.encoder_embed_dim)
+        self.shared_layer = TransformerEncoderLayer(args)
+        self.repeats = args.encoder_layers
+
+    def forward(self, src_tokens, return_all_hiddens=False, token_embeddings=None):
+        padding_mask = src_tokens.eq(self.padding_idx)
+        key_padding = padding_mask if padding_mask.any() else None
+        x = self.project(self.embedding(src_tokens)).transpose(0, 1)  # (T, B, d)
+        states = [x]
+        for _ in range(self.repeats):
+            x = self.shared_layer(x, encoder_padding_mask=key_padding)
+            states.append(x)
+        return encoder_output(x.transpose(0, 1), padding_mask,
+                              [s.transpose(0, 1) for s in states] if return_all_hiddens else [])
+
+    def flops_per_token(self, seq_len: int) -> float:
+        d, f = self.project.out_features, self.shared_layer.fc1.out_features
+        layer = 8.0 * d * d + 4.0 * seq_len * d + 4.0 * d * f
+        return 2.0 * self.project.in_features * d + self.repeats * layer
+
+
+class AlbertEncoder(FactorisedRobertaEncoder):
+    def build_encoder(self, args, dictionary, embed_tokens):
+        return AlbertSentenceEncoder(args, dictionary, embed_tokens)
+
+
+@register_model("albert_ext")
+class AlbertModel(FactorisedRobertaModel):
+    """ALBERT-style masked LM with RobertaModel's hub, heads and loading."""
+
+    config_class = AlbertConfig
+    encoder_class = AlbertEncoder
+
+
+def albert_defaults(args, **sizes):
+    for key, value in {"dropout": 0.0, "attention_dropout": 0.0, "max_positions": 512, **sizes}.items():
+        if safe_getattr(args, key) is None:
+            setattr(args, key, value)
+    AlbertModel.fill_defaults(args)
+
+
+@register_model_architecture("albert_ext", "albert_tiny")
+def albert_tiny(args):
+    albert_defaults(args, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+                    encoder_layers=2, embedding_size=16)
+
+
+@register_model_architecture("albert_ext", "albert_small")
+def albert_small(args):
+    albert_defaults(args, encoder_embed_dim=256, encoder_ffn_embed_dim=1024, encoder_attention_heads=4,
+                    encoder_layers=6, embedding_size=128)
+
+
+@register_model_architecture("albert_ext", "albert_base")
+def albert_base(args):
+    """albert-base-v2: d 768, 12 layers sharing one, 12 heads, FFN 3072, E 128 (dropout 0 as v2)."""
+    albert_defaults(args, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
+                    encoder_layers=12, embedding_size=128)

@@ -1,0 +1,212 @@
+"""The benchmark harness at test size on CPU: a two-arch throughput run, a two-run training
+comparison that resumes without retraining, FLOPs in fairseq's training logs, and the analytic
+FLOPs formula checked against the real modules. No timing is asserted."""
+import json
+
+import pytest
+import torch.nn as nn
+from fairseq import tasks
+from fairseq.logging import metrics
+from helpers import json_log_records
+
+import fairseq_ext  # noqa: F401  (registers the criterions)
+from benchmarks import compare, results, throughput
+from fairseq_ext.flops import model_flops_per_token, transformer_flops_per_token
+
+TINY = ["--layers", "2", "--embed-dim", "32", "--ffn-dim", "64", "--heads", "2", "--seq-len", "32",
+        "--batch-size", "2", "--vocab-size", "200", "--steps", "2", "--warmup", "1", "--repeats", "2"]
+TABLE_COLUMNS = 11
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def _table_rows(table: str):
+    lines = table.splitlines()
+    assert lines[1].startswith("|---")
+    return [line.strip("|").split("|") for line in lines[2:]]
+
+
+def test_throughput_two_archs(tmp_path):
+    out = tmp_path / "results"
+    result = throughput.main(["--archs", "roberta_base,roberta_ext_baseline_tiny", *TINY,
+                              "--name", "tiny", "--results-dir", str(out), "--no-docs"])
+    saved = json.loads((out / "tiny.json").read_text())
+    assert saved["runs"] == json.loads(json.dumps(result["runs"]))
+    stock, ours = saved["runs"]
+    assert [stock["arch"], ours["arch"]] == ["roberta_base", "roberta_ext_baseline_tiny"]
+    # the shape flags reach every arch: same parameters, same analytic cost
+    assert stock["params"] == ours["params"]
+    # vocab 200 = 4 specials + 195 symbols + <mask>; masked fraction 0.15
+    assert stock["flops_per_token"] == pytest.approx(transformer_flops_per_token(2, 32, 64, 200, 32, 0.15, True))
+    for run in saved["runs"]:
+        assert len(run["step_times_s"]) == 2 and all(t > 0 for t in run["step_times_s"])
+        lo, hi = run["tokens_per_s_range"]
+        assert lo <= run["tokens_per_s"] <= hi
+        assert run["peak_mem_mb"] > 0 and run["mfu"] is None  # no MFU on CPU
+    assert all(v == 1.0 for v in stock["ratio"].values())
+    assert ours["ratio"]["tokens_per_s"] == pytest.approx(ours["tokens_per_s"] / stock["tokens_per_s"])
+    rows = _table_rows(results.throughput_table(saved))
+    assert [len(r) for r in rows] == [TABLE_COLUMNS, TABLE_COLUMNS]
+    assert rows[0][0].strip() == "roberta_base" and rows[0][-2].strip() == "1.00×"
+    md = results.render(results.load_results(out))
+    assert "## Training throughput" in md and saved["command"] in md and results.cpu_model() in md
+
+
+def _build(argv):
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    task = tasks.setup_task(cfg.task)
+    return cfg, task, task.build_model(cfg.model)
+
+
+def test_language_model_flops_match_modules(tmp_path):
+    """The stock formula's matmul term equals 6 × the weights of the real layers' Linear's."""
+    (tmp_path / "dict.txt").write_text("".join(f"w{i} 1\n" for i in range(96)))
+    _, task, model = _build([str(tmp_path), "--task", "language_modeling", "--arch", "transformer_lm_gpt",
+                             "--decoder-layers", "2", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim",
+                             "48", "--decoder-attention-heads", "4", "--tokens-per-sample", "16", "--cpu"])
+    linear = sum(m.weight.numel() for m in model.decoder.layers.modules() if isinstance(m, nn.Linear))
+    assert linear == 2 * (4 * 32 * 32 + 2 * 32 * 48)
+    attention_and_head = 3 * (4 * 2 * 16 * 32 + 2 * 32 * len(task.dictionary))
+    assert model_flops_per_token(model, 16) == pytest.approx(6 * linear + attention_and_head)
+
+
+def test_read_records_resume_drops_stale_and_sums_wall():
+    log = "\n".join([
+        '2026 | INFO | train_inner | {"num_updates": "2", "loss": "5", "wall": "10", "gflop": "1"}',
+        '2026 | INFO | valid | {"valid_loss": "4.5", "valid_num_updates": "2"}',
+        '2026 | INFO | train_inner | {"num_updates": "4", "loss": "4", "wall": "20", "gflop": "1"}',
+        "=== interrupted after update 4, checkpoint at 2",
+        "2026 | INFO | fairseq.trainer | Loaded checkpoint ck/checkpoint_last.pt (epoch 1 @ 2 updates)",
+        '[2026][train_inner][INFO] - {"num_updates": "4", "loss": "3.9", "wall": "7", "gflop": "1"}',
+        '[2026][valid][INFO] - {"valid_loss": "3.5", "valid_num_updates": "4"}',
+    ])
+    rec = compare.read_records(log)
+    assert [(r["num_updates"], r["loss"], r["wall"]) for r in rec["train_inner"]] == [(2, 5, 10), (4, 3.9, 17)]
+    c = compare.curves(rec)
+    assert c["updates"] == [2, 4] and c["valid_loss"] == [4.5, 3.5]
+    assert c["wall_s"] == [10, 17] and c["flops"] == [2e9, 4e9]
+
+
+def _spec(tmp_path):
+    common = ["--task", "masked_lm", "--criterion", "masked_lm", "--cpu", "--num-workers", "0",
+              "--tokens-per-sample", "32", "--sample-break-mode", "none", "--batch-size", "8",
+              "--optimizer", "adam", "--lr", "1e-3", "--log-interval", "1",
+              "--validate-interval-updates", "3", "--no-epoch-checkpoints", "--seed", "1"]
+    spec = {"name": "two_runs", "common": common, "runs": [
+        {"name": "stock", "args": ["--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "64",
+                                   "--encoder-ffn-embed-dim", "128", "--encoder-attention-heads", "2"]},
+        {"name": "ext", "args": ["--arch", "roberta_ext_baseline_tiny"]}]}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _attempts(run_dir):
+    return (run_dir / "train.log").read_text().count("=== compare.py")
+
+
+def test_compare_two_runs_plots_and_resumes(tiny_data, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "results"
+    argv = ["--spec", str(_spec(tmp_path)), "--data", str(tiny_data), "--work-dir", str(work),
+            "--results-dir", str(out), "--no-docs"]
+    first = compare.main([*argv, "--max-update", "6"])
+    saved = json.loads((out / "two_runs.json").read_text())
+    assert [r["name"] for r in saved["runs"]] == ["stock", "ext"]
+    for run in saved["runs"]:
+        c = run["curve"]
+        assert c["updates"] == [3, 6] and run["updates"] == 6
+        assert c["valid_loss"][1] < c["valid_loss"][0]  # a few updates already help
+        assert 0 < c["flops"][0] < c["flops"][1] == run["total_flops"]
+        # FLOPs come from the masked_lm_flops criterion's records in fairseq's own JSON log
+        inner = json_log_records((work / run["name"] / "train.log").read_text())
+        assert len(inner) == 6 and all(float(r["gflop"]) > 0 and "tflops" in r for r in inner)
+        assert run["total_flops"] == pytest.approx(sum(float(r["gflop"]) * 1e9 for r in inner))
+    rows = _table_rows(results.compare_table(saved))
+    assert [r[0].strip() for r in rows] == ["stock", "ext"]
+    png = out / "two_runs.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[1] > 3 * matplotlib.image.imread(png).shape[0] / 2
+
+    # finished runs are not retrained, even when the done-marker was lost after fairseq finished
+    (work / "ext" / "DONE.json").unlink()
+    again = compare.main([*argv, "--max-update", "6"])
+    assert _attempts(work / "stock") == 1 and _attempts(work / "ext") == 1
+    assert (work / "ext" / "DONE.json").exists()
+    assert again["runs"] == first["runs"]
+
+    # a larger budget continues both runs from fairseq's checkpoint_last.pt (updates 7..8 only)
+    more = compare.main([*argv, "--max-update", "8"])
+    for run in more["runs"]:
+        log = (work / run["name"] / "train.log").read_text()
+        assert "Loaded checkpoint" in log and "(epoch 1 @ 6 updates)" in log
+        assert run["updates"] == 8 and run["curve"]["updates"][:2] == [3, 6]
+        inner = json_log_records((work / run["name"] / "train.log").read_text())
+        assert [int(r["num_updates"]) for r in inner] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+LM = ["--task", "language_modeling", "--arch", "transformer_lm_gpt", "--criterion", "cross_entropy_flops",
+      "--decoder-layers", "2", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
+      "--decoder-attention-heads", "2"]
+MLM = ["--task", "masked_lm", "--arch", "roberta_ext_baseline_tiny", "--criterion", "masked_lm_flops"]
+
+
+@pytest.mark.parametrize("kind", ["masked_lm_flops", "cross_entropy_flops"])
+def test_flops_criterion_logs_batch_flops(tiny_data, kind):
+    """The stock loss plus the analytic FLOPs of the batch, summed into ``gflop`` per update."""
+    cfg, task, model = _build([str(tiny_data), *(MLM if kind == "masked_lm_flops" else LM),
+                               "--tokens-per-sample", "32", "--sample-break-mode", "none", "--cpu"])
+    task.load_dataset("valid")
+    criterion = task.build_criterion(cfg.criterion)
+    batch = task.dataset("valid").collater([task.dataset("valid")[i] for i in range(4)])
+    model.train()
+    loss, sample_size, log = criterion(model, batch)
+    if kind == "masked_lm_flops":  # the plugin model's own cost
+        expected = model.flops_per_token(32) * batch["ntokens"]
+    else:  # the stock formula: 6·weights + attention + output layer
+        expected = transformer_flops_per_token(2, 32, 64, len(task.dictionary), 32) * batch["ntokens"]
+    assert log["flops"] == pytest.approx(expected) and log["loss"] == pytest.approx(loss.item())
+    with metrics.aggregate() as agg:
+        type(criterion).reduce_metrics([log, log])
+    assert agg.get_smoothed_values()["gflop"] == pytest.approx(2 * expected / 1e9, abs=0.01)
+    model.eval()
+    assert "flops" not in criterion(model, batch)[2]  # validation is not counted
+
+
+def _spec_of(arch, tmp_path, precision="fp32", **overrides):
+    (tmp_path / "dict.txt").write_text("".join(f"w{i} 1\n" for i in range(50)))
+    return {"arch": arch, "task": "masked_lm", "shape": {"layers": 3, "embed_dim": 32, "ffn_dim": None, "heads": None},
+            "seq_len": 24, "batch_size": 2, "optimizer": "adam", "device": "cpu", "precision": precision,
+            "overrides": overrides}
+
+
+def test_options_reach_fairseq_spelled_per_arch(tmp_path):
+    ns = throughput.parse_fairseq_args(_spec_of("roberta_ext_baseline_tiny", tmp_path, "bf16", alibi="true",
+                                                positions="none", embed_layernorm="false"), str(tmp_path))
+    assert (ns.encoder_layers, ns.encoder_embed_dim, ns.encoder_ffn_embed_dim) == (3, 32, 128)
+    assert (ns.max_positions, ns.tokens_per_sample) == (24, 24)
+    assert ns.bf16_autocast is True and ns.alibi is True and ns.embed_layernorm is False
+    ns = throughput.parse_fairseq_args(_spec_of("roberta_base", tmp_path, untie_weights_roberta="true"),
+                                       str(tmp_path))  # a store_true flag of stock RoBERTa
+    assert ns.untie_weights_roberta is True and ns.encoder_layers == 3
+    with pytest.raises(ValueError, match="bf16_autocast"):
+        throughput.parse_fairseq_args(_spec_of("roberta_base", tmp_path, "bf16"), str(tmp_path))
+    with pytest.raises(ValueError, match="'alibi' .* roberta_base"):
+        throughput.parse_fairseq_args(_spec_of("roberta_base", tmp_path, alibi="true"), str(tmp_path))
+
+
+def test_set_option_errors_name_the_flag():
+    args = throughput.parse_args(["--archs", "a,b", "--name", "x", "--set", "c:k=1"])
+    with pytest.raises(ValueError, match="--set"):
+        throughput.arch_overrides(args)
+    with pytest.raises(ValueError, match="each arch once"):
+        throughput.arch_overrides(throughput.parse_args(["--archs", "a,a", "--name", "x"]))
+    args = throughput.parse_args(["--archs", "a,b", "--name", "x", "--set", "b:alibi=true", "--set", "b:k=2"])
+    assert throughput.arch_overrides(args) == {"a": {}, "b": {"alibi": "true", "k": "2"}}

@@ -14,6 +14,7 @@ TRAIN_LEN = 64
 # The tiny data's long lines would be skipped with --sample-break-mode complete.
 COMMON = ["--sample-break-mode", "none", "--tokens-per-sample", str(TRAIN_LEN)]
 ZERO_CLAP_EXT = "zero_clap_masked_lm_ext"  # zero-clap trained with task masked_lm_ext --omit-mask
+YEAR = re.compile(r"\b1[89]\d\d\b")  # the label of the tiny classification task
 
 
 def _train(data, save_dir, arch, extra=()):
@@ -140,7 +141,8 @@ def classification_data(tiny_data, tiny_text, tmp_path_factory):
     raw = [s.strip() for s in text.split(" . ") if 5 < len(s.split()) < 30][:400]
     for split, part in (("train", raw[:320]), ("valid", raw[320:])):
         (root / f"{split}.input0").write_text("\n".join(" ".join(sp.encode(s, out_type=str)) for s in part) + "\n")
-        (root / f"{split}.label").write_text("\n".join(str(int(bool(re.search(r"\b1[89]\d\d\b", s)))) for s in part) + "\n")
+        labels = [str(int(bool(YEAR.search(s)))) for s in part]
+        (root / f"{split}.label").write_text("\n".join(labels) + "\n")
     for field in ("input0", "label"):
         extra = ["--srcdict", tiny_data / "dict.txt"] if field == "input0" else []
         run_fairseq(["fairseq-preprocess", "--only-source", "--trainpref", root / f"train.{field}",

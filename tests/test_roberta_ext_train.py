@@ -99,9 +99,10 @@ def test_reloaded_checkpoint_reproduces_the_validation_loss(trained, tiny_data, 
     assert float(validated[0]["valid_loss"]) == pytest.approx(state["extra_state"]["val_loss"], abs=2e-3)
 
 
-def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path):
+@pytest.mark.parametrize("recipe", ["zero_clap", "zero_clap_self_masking"])
+def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path, recipe):
     proc = run_fairseq([
-        "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", "zero_clap",
+        "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", recipe,
         f"task.data={tiny_data}", f"common.user_dir={USER_DIR}", "model._name=roberta_ext_zero_clap_tiny",
         f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}", "task.sample_break_mode=none",
         "dataset.batch_size=16", "dataset.num_workers=0", "optimization.update_freq=[1]",
@@ -112,6 +113,19 @@ def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path):
     losses = [float(r["loss"]) for r in json_log_records(proc.stdout + proc.stderr, prefix="*") if "loss" in r]
     assert len(losses) >= 5 and losses[-1] < losses[0] - 0.3
     assert (tmp_path / "checkpoint_last.pt").exists()
+
+
+def test_mask_prob_zero_makes_every_token_a_target(tiny_data):
+    """masked_lm_ext --mask-prob 0 (self-masking): inputs intact, targets are the inputs."""
+    from fairseq_ext.tasks.masked_lm_ext import MaskedLMExtConfig, MaskedLMExtTask
+
+    cfg = MaskedLMExtConfig(data=str(tiny_data), mask_prob=0.0, omit_mask=True, seed=1,
+                            tokens_per_sample=TRAIN_LEN, sample_break_mode="none")
+    task = MaskedLMExtTask.setup_task(cfg)
+    task.load_dataset("valid")
+    batch = task.dataset("valid").collater([task.dataset("valid")[i] for i in range(4)])
+    tokens, target = batch["net_input"]["src_tokens"], batch["target"]
+    assert torch.equal(tokens, target) and not bool(tokens.eq(task.mask_idx).any())
 
 
 @pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT])

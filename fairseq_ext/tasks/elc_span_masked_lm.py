@@ -35,6 +35,7 @@ class ElcSpanMaskedLMConfig(MaskedLMConfig):
                 "1/--long-factor the batch (ELC-BERT long_after); 0 or >= 1 never switches"})
     long_factor: int = field(default=4, metadata={"help": "length multiplier of the long phase (128 -> 512 in ELC-BERT)"})
     max_update: int = II("optimization.max_update")
+    train_subset: str = II("dataset.train_subset")
 
 
 @register_task("elc_span_masked_lm", dataclass=ElcSpanMaskedLMConfig)
@@ -54,7 +55,7 @@ class ElcSpanMaskedLMTask(MaskedLMTask):
         c = self.cfg
         return SpanMaskedDataset(dataset, self.source_dictionary, self.mask_idx, c.seed, c.mask_prob,
                                  c.random_token_prob, c.leave_unmasked_prob, c.span_geometric_p, c.max_span_length,
-                                 c.short_p if split == "train" else 0.0, return_target)
+                                 c.short_p if split == c.train_subset else 0.0, return_target)
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         dataset = self._load_dataset_split(split, epoch, combine)
@@ -77,12 +78,12 @@ class ElcSpanMaskedLMTask(MaskedLMTask):
         return self.cfg.tokens_per_sample * (self.cfg.long_factor if self.long_phase else 1)
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None, **kwargs):
-        is_train = dataset is self.datasets.get("train")
+        is_train = dataset is self.datasets.get(self.cfg.train_subset)
         if is_train and not self.long_phase and self.long_phase_due():
             self.switch_to_long_sequences()
             kwargs["disable_iterator_cache"] = True
         if is_train and self.long_phase:
-            dataset = self.datasets["train"]
+            dataset = self.datasets[self.cfg.train_subset]
             max_sentences = max(1, max_sentences // self.cfg.long_factor) if max_sentences else None
             max_positions = self.max_positions()
         return super().get_batch_iterator(dataset, max_tokens, max_sentences, max_positions, **kwargs)
@@ -92,4 +93,4 @@ class ElcSpanMaskedLMTask(MaskedLMTask):
         512-token cache); optimizer and schedule go on."""
         self.long_phase = True
         self.cfg.tokens_per_sample *= self.cfg.long_factor
-        self.load_dataset("train")
+        self.load_dataset(self.cfg.train_subset)

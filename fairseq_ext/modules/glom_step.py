@@ -66,11 +66,13 @@ class GlomStep(nn.Module):
         self.register_buffer("term_counts", sizes.view(1, levels, 1, 1), persistent=False)
 
     def split_levels(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, d) -> (B, L, T, d/L) in the configured layout."""
+        """(B, T, d) -> (B, L, T, d/L) in the configured layout, made contiguous: one copy
+        here saves the attention and projection matmuls from slow strided inputs (on CPU the
+        interleaved view made every step ~2.5x slower)."""
         bsz, seq_len, _ = x.shape
         if self.layout == "interleaved":
-            return x.view(bsz, seq_len, self.width, self.levels).permute(0, 3, 1, 2)
-        return x.view(bsz, seq_len, self.levels, self.width).permute(0, 2, 1, 3)
+            return x.view(bsz, seq_len, self.width, self.levels).permute(0, 3, 1, 2).contiguous()
+        return x.view(bsz, seq_len, self.levels, self.width).permute(0, 2, 1, 3).contiguous()
 
     def merge_levels(self, z: torch.Tensor) -> torch.Tensor:
         """(B, L, T, d/L) -> LN(contiguous concat + b): (B, T, d)."""

@@ -6,7 +6,6 @@ Loads with ``RobertaModel.from_pretrained`` (through ``fairseq_ext.hub``, which 
 plugin's user dir and the sentencepiece model), so it works for every masked LM of the plugin.
 """
 import argparse
-import logging
 
 from fairseq_ext import hub
 
@@ -19,7 +18,6 @@ def main():
     p.add_argument("--checkpoint", default="checkpoint_best.pt")
     p.add_argument("--topk", type=int, default=5)
     args = p.parse_args()
-    logging.getLogger("fairseq").setLevel(logging.WARNING)  # from_pretrained logs its whole config
     lm = hub.from_pretrained(args.checkpoint_dir, args.checkpoint, args.data)
     for sentence in args.sentences:
         print(sentence)

@@ -11,6 +11,6 @@ import torch
 # in their cfg and would fail with "Unsupported global: GLOBAL argparse.Namespace".
 torch.serialization.add_safe_globals([argparse.Namespace])
 
-from . import data, modules, models, tasks, criterions, optim  # noqa: E402,F401  (registers)
+from . import modules, models, tasks, criterions, optim  # noqa: E402,F401  (registers)
 
 __version__ = "0.1.0"

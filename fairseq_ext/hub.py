@@ -12,8 +12,9 @@ as a continuation, not as a new word ``▁.``; the answer is a word when the mas
 (continuation pieces when it is glued to a word), never a structural symbol, so exactly
 ``topk`` answers come back; answers carry no ``▁`` and no stray spaces.
 """
+import logging
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 from fairseq import utils
@@ -46,9 +47,15 @@ def from_pretrained(model_dir, checkpoint_file: str = "checkpoint_best.pt", data
     if not (model_dir / checkpoint_file).is_file():
         raise FileNotFoundError(f"checkpoint {model_dir / checkpoint_file} does not exist")
     spm = sentencepiece_model or find_sentencepiece_model(model_dir, data_dir)
-    loaded = RobertaModel.from_pretrained(
-        str(model_dir), checkpoint_file, str(data_dir.resolve()), bpe="sentencepiece",
-        sentencepiece_model=str(spm), user_dir=kwargs.pop("user_dir", USER_DIR), **kwargs)
+    roberta_logger = logging.getLogger("fairseq.models.roberta.model")
+    level = roberta_logger.level
+    roberta_logger.setLevel(logging.WARNING)  # from_pretrained logs the checkpoint's whole config
+    try:
+        loaded = RobertaModel.from_pretrained(
+            str(model_dir), checkpoint_file, str(data_dir.resolve()), bpe="sentencepiece",
+            sentencepiece_model=str(spm), user_dir=kwargs.pop("user_dir", USER_DIR), **kwargs)
+    finally:
+        roberta_logger.setLevel(level)
     return FillMaskHubInterface(loaded.cfg, loaded.task, loaded.model).eval()
 
 

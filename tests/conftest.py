@@ -1,9 +1,9 @@
-import shutil
+import re
 from pathlib import Path
 
 import pytest
 
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, run_fairseq
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +25,22 @@ def tiny_data(tiny_text, tmp_path_factory) -> Path:
     prepare.main(["--train", str(tiny_text / "train.txt"), "--valid", str(tiny_text / "valid.txt"),
                   "--out", str(out), "--vocab-size", "1000", "--workers", "1"])
     return out
+
+
+@pytest.fixture(scope="session")
+def classification_data(tiny_data, tiny_text, tmp_path_factory):
+    """A tiny GLUE-style binary task (input0/, label/): does the sentence mention a year?"""
+    import sentencepiece as spm
+
+    root = tmp_path_factory.mktemp("cls")
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_data / "sentencepiece.bpe.model"))
+    text = (tiny_text / "train.txt").read_text()
+    raw = [s.strip() for s in text.split(" . ") if 5 < len(s.split()) < 30][:400]
+    for split, part in (("train", raw[:320]), ("valid", raw[320:])):
+        (root / f"{split}.input0").write_text("\n".join(" ".join(sp.encode(s, out_type=str)) for s in part) + "\n")
+        (root / f"{split}.label").write_text("\n".join(str(int(bool(re.search(r"\b1[89]\d\d\b", s)))) for s in part) + "\n")
+    for field in ("input0", "label"):
+        extra = ["--srcdict", tiny_data / "dict.txt"] if field == "input0" else []
+        run_fairseq(["fairseq-preprocess", "--only-source", "--trainpref", root / f"train.{field}",
+                     "--validpref", root / f"valid.{field}", "--destdir", root / field, "--workers", "1", *extra])
+    return root

@@ -1,7 +1,6 @@
 """roberta_ext end to end, in real fairseq processes: fairseq-train for every variant,
 fairseq-hydra-train from a yaml, reload, from_pretrained + fill_mask, longer inputs for ALiBi,
 and stock sentence_prediction fine-tuning from each checkpoint."""
-import re
 
 import pytest
 import torch
@@ -100,9 +99,10 @@ def test_reloaded_checkpoint_reproduces_the_validation_loss(trained, tiny_data, 
     assert float(validated[0]["valid_loss"]) == pytest.approx(state["extra_state"]["val_loss"], abs=2e-3)
 
 
-def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path):
+@pytest.mark.parametrize("recipe", ["zero_clap", "zero_clap_self_masking"])
+def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path, recipe):
     proc = run_fairseq([
-        "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", "zero_clap",
+        "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", recipe,
         f"task.data={tiny_data}", f"common.user_dir={USER_DIR}", "model._name=roberta_ext_zero_clap_tiny",
         f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}", "task.sample_break_mode=none",
         "dataset.batch_size=16", "dataset.num_workers=0", "optimization.update_freq=[1]",
@@ -115,23 +115,17 @@ def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path):
     assert (tmp_path / "checkpoint_last.pt").exists()
 
 
-@pytest.fixture(scope="module")
-def classification_data(tiny_data, tiny_text, tmp_path_factory):
-    """A tiny GLUE-style binary task (input0/, label/): does the sentence mention a year?"""
-    import sentencepiece as spm
+def test_mask_prob_zero_makes_every_token_a_target(tiny_data):
+    """masked_lm_ext --mask-prob 0 (self-masking): inputs intact, targets are the inputs."""
+    from fairseq_ext.tasks.masked_lm_ext import MaskedLMExtConfig, MaskedLMExtTask
 
-    root = tmp_path_factory.mktemp("cls")
-    sp = spm.SentencePieceProcessor(model_file=str(tiny_data / "sentencepiece.bpe.model"))
-    text = (tiny_text / "train.txt").read_text()
-    raw = [s.strip() for s in text.split(" . ") if 5 < len(s.split()) < 30][:400]
-    for split, part in (("train", raw[:320]), ("valid", raw[320:])):
-        (root / f"{split}.input0").write_text("\n".join(" ".join(sp.encode(s, out_type=str)) for s in part) + "\n")
-        (root / f"{split}.label").write_text("\n".join(str(int(bool(re.search(r"\b1[89]\d\d\b", s)))) for s in part) + "\n")
-    for field in ("input0", "label"):
-        extra = ["--srcdict", tiny_data / "dict.txt"] if field == "input0" else []
-        run_fairseq(["fairseq-preprocess", "--only-source", "--trainpref", root / f"train.{field}",
-                     "--validpref", root / f"valid.{field}", "--destdir", root / field, "--workers", "1", *extra])
-    return root
+    cfg = MaskedLMExtConfig(data=str(tiny_data), mask_prob=0.0, omit_mask=True, seed=1,
+                            tokens_per_sample=TRAIN_LEN, sample_break_mode="none")
+    task = MaskedLMExtTask.setup_task(cfg)
+    task.load_dataset("valid")
+    batch = task.dataset("valid").collater([task.dataset("valid")[i] for i in range(4)])
+    tokens, target = batch["net_input"]["src_tokens"], batch["target"]
+    assert torch.equal(tokens, target) and not bool(tokens.eq(task.mask_idx).any())
 
 
 @pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT])

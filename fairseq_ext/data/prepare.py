@@ -24,7 +24,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 logger = logging.getLogger("fairseq_ext.data.prepare")
 

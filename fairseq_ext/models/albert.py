@@ -11,7 +11,7 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.modules import TransformerEncoderLayer
 from fairseq.utils import safe_getattr
 
-from fairseq_ext.models._factorised_roberta import FactorisedRobertaEncoder, FactorisedRobertaModel, encoder_output
+from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
 from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
 from fairseq_ext.modules.factorised import FactorisedEmbedding
 
@@ -63,7 +63,7 @@ class AlbertEncoder(FactorisedRobertaEncoder):
 
 
 @register_model("albert_ext")
-class AlbertModel(FactorisedRobertaModel):
+class AlbertModel(PluginRobertaModel):
     """ALBERT-style masked LM with RobertaModel's hub, heads and loading."""
 
     config_class = AlbertConfig

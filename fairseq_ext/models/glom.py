@@ -16,7 +16,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.utils import safe_getattr
 
-from fairseq_ext.models._factorised_roberta import FactorisedRobertaEncoder, FactorisedRobertaModel, encoder_output
+from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
 from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
 from fairseq_ext.modules.factorised import FactorisedEmbedding
 from fairseq_ext.modules.glom_step import AGGREGATIONS, LAYOUTS, GlomStep
@@ -91,7 +91,7 @@ class GlomEncoder(FactorisedRobertaEncoder):
 
 
 @register_model("glom")
-class GlomModel(FactorisedRobertaModel):
+class GlomModel(PluginRobertaModel):
     """GLOM masked LM (see the module docstring); RobertaModel's hub and heads work unchanged."""
 
     config_class = GlomConfig

@@ -1,6 +1,8 @@
-"""What the GLOM and ALBERT masked LMs share: a RobertaModel / RobertaEncoder pair with the
-factorised embedding and head, so stock ``RobertaModel.from_pretrained``, ``fill_mask``,
-``extract_features`` and ``sentence_prediction`` heads work unchanged. Not a registered model.
+"""What the plugin's own RoBERTa-family masked LMs (GLOM, ALBERT, ELC-BERT) share: a
+RobertaModel whose options come from a config dataclass and whose encoder is the model's own,
+and (for GLOM and ALBERT) the factorised embedding and head. Stock
+``RobertaModel.from_pretrained``, ``fill_mask``, ``extract_features`` and ``sentence_prediction``
+heads work unchanged. Not a registered model.
 """
 from dataclasses import fields
 
@@ -41,7 +43,7 @@ class FactorisedRobertaEncoder(RobertaEncoder):
         return FactorisedLMHead(self.head_input_dim or embed_dim, weight)
 
 
-class FactorisedRobertaModel(RobertaModel):
+class PluginRobertaModel(RobertaModel):
     """RobertaModel whose options come from ``config_class`` and whose encoder is
     ``encoder_class``; bf16 autocast and clean inference logits as every plugin model."""
 
@@ -55,7 +57,8 @@ class FactorisedRobertaModel(RobertaModel):
     @classmethod
     def add_args(cls, parser):
         RobertaModel.add_args(parser)
-        gen_parser_from_dataclass(parser, cls.config_class())
+        # no argparse defaults: arch presets fill what the user left unset (fill_defaults)
+        gen_parser_from_dataclass(parser, cls.config_class(), delete_default=True)
 
     @classmethod
     def fill_defaults(cls, args):

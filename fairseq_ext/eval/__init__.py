@@ -1,0 +1,1 @@
+"""Evaluation commands (``python -m fairseq_ext.eval.<name>``); nothing here registers with fairseq."""

@@ -1,0 +1,133 @@
+"""GLOM and its ALBERT baseline: the fast step against the per-level reference, build-time
+errors, and real fairseq runs (train, hydra, reload, fill_mask, sentence_prediction)."""
+import itertools
+
+import pytest
+import torch
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+from helpers import REPO, USER_DIR, json_log_records, run_fairseq, run_python, tiny_train_args
+from fairseq_ext.modules.glom_step import AGGREGATIONS, LAYOUTS, GlomStep
+
+
+@pytest.mark.parametrize("aggregation, layout", list(itertools.product(AGGREGATIONS, LAYOUTS)))
+def test_batched_step_matches_per_level_reference(aggregation, layout):
+    torch.manual_seed(0)
+    step = GlomStep(24, 4, aggregation, layout, temperature=0.7)
+    for p in step.parameters():  # non-trivial biases and norms
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(3, 7, 24)
+    padding = torch.zeros(3, 7, dtype=torch.bool)
+    padding[1, 5:] = True
+    for mask in (None, padding):
+        torch.testing.assert_close(step(x, mask), step.forward_reference(x, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_layouts_read_different_features():
+    step = GlomStep(8, 2, layout="interleaved")
+    x = torch.arange(8.0).view(1, 1, 8)
+    assert step.split_levels(x)[0, 0, 0].tolist() == [0, 2, 4, 6]
+    step.layout = "contiguous"
+    assert step.split_levels(x)[0, 0, 0].tolist() == [0, 1, 2, 3]
+
+
+def build(tiny_data, arch, *extra):
+    argv = [str(tiny_data), "--user-dir", USER_DIR, "--task", "masked_lm", "--arch", arch, "--tokens-per-sample", "64", *extra]
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    task = tasks.setup_task(cfg.task)
+    return task.build_model(cfg.model), task
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--encoder-embed-dim", "30"], "--encoder-embed-dim (30) must be divisible"),
+    (["--encoder-attention-heads", "1", "--encoder-embed-dim", "32"], "at least 2 levels"),
+    (["--encoder-layers", "0"], "at least one time step (--encoder-layers)"),
+    (["--glom-aggregation", "mean"], "--glom-aggregation must be one of"),
+    (["--glom-level-layout", "strided"], "--glom-level-layout must be one of"),
+])
+def test_bad_options_fail_at_build_time_naming_the_option(tiny_data, extra, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build(tiny_data, "glom_tiny", *extra)
+
+
+def test_initial_state_and_all_hiddens(tiny_data):
+    model, task = build(tiny_data, "glom_tiny")
+    model.eval()
+    assert model.encoder.sentence_encoder.embed_tokens.embedding_dim == 16  # the preset's E, not the default
+    tokens = torch.tensor([[0, 10, 11, 12, 2]])
+    encoder = model.encoder.sentence_encoder
+    state = encoder.initial_state(tokens)
+    assert state[..., encoder.step.width:].abs().sum() == 0  # upper levels start at the zero bias
+    assert state[..., :encoder.step.width].abs().sum() > 0
+    _, extra = model(tokens, features_only=True, return_all_hiddens=True)
+    assert len(extra["inner_states"]) == 1 + encoder.time_steps  # the step-0 state and every step
+    logits, _ = model(tokens)
+    assert logits.shape == (1, 5, len(task.source_dictionary))
+
+
+def test_parameter_budget_matches_the_original(tiny_data):
+    """glom_base's shared layer is ~0.1M parameters (ALGORITHMS.md §1.6); ALBERT shares one full layer."""
+    glom, _ = build(tiny_data, "glom_base")
+    albert, _ = build(tiny_data, "albert_base")
+    step_params = sum(p.numel() for p in glom.encoder.sentence_encoder.step.parameters())
+    assert 80_000 < step_params < 120_000
+    layer_params = sum(p.numel() for p in albert.encoder.sentence_encoder.shared_layer.parameters())
+    assert 7_000_000 < layer_params < 7_200_000
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """{name: (save_dir, train_inner records)} after 20 updates of each tiny model."""
+    root = tmp_path_factory.mktemp("glom")
+    runs = {"paper": ("glom_tiny", []), "tridiagonal": ("glom_tiny", ["--glom-aggregation", "tridiagonal"]),
+            "albert": ("albert_tiny", [])}
+    out = {}
+    for name, (arch, extra) in runs.items():
+        proc = run_fairseq(tiny_train_args(tiny_data, root / name, arch=arch, updates=20, extra=["--lr", "3e-3", *extra]))
+        out[name] = (root / name, json_log_records(proc.stdout + proc.stderr), arch)
+    return out
+
+
+@pytest.mark.parametrize("name", ["paper", "tridiagonal", "albert"])
+def test_training_lowers_the_loss(trained, name):
+    records = trained[name][1]
+    assert float(records[-1]["loss"]) < float(records[0]["loss"]) - 0.4
+
+
+def test_from_pretrained_fill_mask_and_reload(trained, tiny_data):
+    code = f"""
+import torch
+from fairseq.models.roberta import RobertaModel
+def load():
+    return RobertaModel.from_pretrained({str(trained['tridiagonal'][0])!r}, "checkpoint_last.pt", {str(tiny_data)!r},
+        bpe="sentencepiece", sentencepiece_model={str(tiny_data / 'sentencepiece.bpe.model')!r}, user_dir={USER_DIR!r}).eval()
+a, b = load(), load()
+assert len(a.fill_mask("The game was played in the <mask> .", topk=4)) == 4
+tokens = a.encode("The game was played .")
+assert torch.equal(a.extract_features(tokens), b.extract_features(tokens))
+print("OK", a.model.args.glom_aggregation)
+"""
+    assert "OK tridiagonal" in run_python(code).stdout
+
+
+def test_sentence_prediction_finetunes_from_a_glom_checkpoint(trained, classification_data, tmp_path):
+    proc = run_fairseq([
+        "fairseq-train", classification_data, "--user-dir", USER_DIR, "--task", "sentence_prediction",
+        "--criterion", "sentence_prediction", "--num-classes", "2", "--init-token", "0", "--arch", "glom_tiny",
+        "--restore-file", trained["paper"][0] / "checkpoint_last.pt", "--reset-optimizer",
+        "--reset-dataloader", "--reset-meters", "--cpu", "--num-workers", "0", "--batch-size", "16",
+        "--optimizer", "adam", "--lr", "1e-4", "--max-update", "6", "--log-format", "json", "--save-dir", tmp_path,
+        "--no-epoch-checkpoints", "--shorten-method", "truncate"])
+    output = proc.stdout + proc.stderr
+    assert "Loaded checkpoint" in output
+    assert 0 <= float(json_log_records(output, prefix="valid")[-1]["valid_accuracy"]) <= 100
+
+
+def test_hydra_yaml_trains(tiny_data, tmp_path):
+    proc = run_fairseq([
+        "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "glom", "--config-name", "glom_base",
+        f"task.data={tiny_data}", f"common.user_dir={USER_DIR}", "model._name=glom_tiny", "task.tokens_per_sample=64",
+        "dataset.num_workers=0", "optimization.max_update=4", "common.cpu=true", f"checkpoint.save_dir={tmp_path}"],
+        cwd=tmp_path)
+    assert "done training" in proc.stdout + proc.stderr and (tmp_path / "checkpoint_last.pt").is_file()

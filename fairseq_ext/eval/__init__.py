@@ -1,1 +1,1 @@
-"""Evaluation commands (``python -m fairseq_ext.eval.<name>``); nothing here registers with fairseq."""
+"""Evaluation commands (``python -m fairseq_ext.eval.<name>``); not auto-registered."""

@@ -1,62 +1,83 @@
-"""Score any masked LM of the plugin on BLiMP minimal pairs by pseudo-log-likelihood.
+"""BLiMP minimal pairs scored by pseudo-log-likelihood, for any masked LM of this project.
 
-    python -m fairseq_ext.eval.blimp --checkpoint-dir checkpoints/x --data-dir data-bin/x \
-        --blimp ../shared/data/blimp-dev --out blimp.json
+Warstadt et al. 2020 (BLiMP, TACL); PLL as Salazar et al. 2020 ("Masked Language Model
+Scoring", ACL): mask each real token in turn and sum log p(true token | the rest). A pair is
+correct when ``sentence_good`` scores higher. Batched: every masked copy of a sentence is a row,
+rows of many sentences share one forward (up to --max-tokens), and the model's head runs on the
+masked positions only (``masked_tokens``).
 
-PLL(s) = sum_i log p(s_i | s with token i masked) (Salazar et al. 2020, "Masked Language Model
-Scoring", arXiv:1910.14659), the BabyLM evaluation of masked LMs. A pair is right when the
-grammatical sentence scores higher. All masked copies of several sentences go through one
-forward pass; the head scores only the masked position of each copy.
+    python -m fairseq_ext.eval.blimp --checkpoint-dir DIR --checkpoint checkpoint_best.pt \
+        [--data-dir DICTDIR] --blimp ../shared/data/blimp-dev --out results.json
 """
 import argparse
 import json
-import sys
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List
 
 import torch
+import torch.nn.functional as F
 
 from fairseq_ext import hub
 
-
-def sentence_ids(lm, sentence: str) -> torch.Tensor:
-    return lm.encode(sentence)  # <s> pieces </s>
+logger = logging.getLogger("fairseq_ext.eval.blimp")
 
 
-def masked_copies(ids: torch.Tensor, mask_idx: int):
-    """(n, T) copies of ids with token i+1 masked in row i (the n real tokens), and targets."""
-    positions = torch.arange(1, len(ids) - 1)
-    copies = ids.repeat(len(positions), 1)
-    copies[torch.arange(len(positions)), positions] = mask_idx
-    return copies, positions, ids[positions]
+def read_pairs(blimp: Path) -> List[dict]:
+    """All pairs of a BLiMP JSON-lines file, or of every ``*.jsonl`` in a directory."""
+    files = sorted(blimp.glob("*.jsonl")) if blimp.is_dir() else [blimp]
+    if not files:
+        raise FileNotFoundError(f"--blimp {blimp}: no .jsonl files")
+    return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+
+
+def mask_id(lm) -> int:
+    return getattr(lm.task, "mask_idx", None) or lm.task.source_dictionary.index("<mask>")
+
+
+def masked_copies(tokens: torch.Tensor, mask: int):
+    """(n, T) copies of ``tokens`` (<s> w1..wn </s>), copy i with w_i masked, and the (n, T) mask."""
+    n = tokens.numel() - 2
+    positions = torch.arange(1, n + 1)
+    copies = tokens.repeat(n, 1)
+    where = torch.zeros_like(copies, dtype=torch.bool)
+    where[torch.arange(n), positions] = True
+    return copies.masked_fill(where, mask), where
 
 
 @torch.no_grad()
-def pseudo_log_likelihoods(lm, sentences: List[str], max_rows: int = 256) -> List[float]:
-    """PLL of each sentence, batching the masked copies of several sentences per forward."""
-    pad, mask_idx = lm.task.source_dictionary.pad(), lm.task.mask_idx
-    scores, batch = [], []
+def pseudo_log_likelihoods(lm, sentences: List[str], max_tokens: int = 8192) -> List[float]:
+    """PLL of each sentence, batching the masked copies of many sentences per forward."""
+    encoded = [lm.encode(s) for s in sentences]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    pad, mask = lm.task.source_dictionary.pad(), mask_id(lm)
+    scores = [0.0] * len(encoded)
+    device = next(lm.model.parameters()).device
+    batch: List[int] = []
 
     def flush():
-        rows = [c for c, _, _ in batch]
-        width = max(r.size(1) for r in rows)
-        tokens = torch.cat([torch.nn.functional.pad(r, (0, width - r.size(1)), value=pad) for r in rows])
-        masked = tokens.eq(mask_idx)
-        logits, _ = lm.model(tokens.to(lm.device), features_only=False, masked_tokens=masked.to(lm.device))
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # (rows, V), one per masked copy
-        start = 0
-        for copies, _, targets in batch:
-            n = copies.size(0)
-            scores.append(float(logp[torch.arange(start, start + n), targets].sum()))
-            start += n
-        batch.clear()
+        rows, wheres, owners = [], [], []
+        width = max(len(encoded[i]) for i in batch)
+        for i in batch:
+            copies, where = masked_copies(encoded[i], mask)
+            extra = width - copies.size(1)
+            rows.append(F.pad(copies, (0, extra), value=pad))
+            wheres.append(F.pad(where, (0, extra), value=False))
+            owners += [i] * copies.size(0)
+        src, where = torch.cat(rows).to(device), torch.cat(wheres).to(device)  # (R, width)
+        logits = lm.model(src, masked_tokens=where)[0]  # (R, V): one masked position per row
+        true = torch.cat([encoded[i][1:-1] for i in batch]).to(device)
+        logp = logits.float().log_softmax(-1).gather(-1, true.unsqueeze(-1)).squeeze(-1)
+        for owner, value in zip(owners, logp.tolist()):
+            scores[owner] += value
 
-    for sentence in sentences:
-        item = masked_copies(sentence_ids(lm, sentence), mask_idx)
-        if batch and sum(c.size(0) for c, _, _ in batch) + item[0].size(0) > max_rows:
+    for i in order:
+        rows_after = sum(len(encoded[j]) - 2 for j in batch) + len(encoded[i]) - 2
+        if batch and rows_after * len(encoded[i]) > max_tokens:
             flush()
-        batch.append(item)
+            batch = []
+        batch.append(i)
     if batch:
         flush()
     return scores
@@ -64,74 +85,76 @@ def pseudo_log_likelihoods(lm, sentences: List[str], max_rows: int = 256) -> Lis
 
 @torch.no_grad()
 def pseudo_log_likelihood_reference(lm, sentence: str) -> float:
-    """One forward per masked token: the slow definition, for tests."""
-    ids = sentence_ids(lm, sentence)
+    """One unpadded forward per masked token (slow), for tests of the batched path."""
+    tokens = lm.encode(sentence)
     total = 0.0
-    for i in range(1, len(ids) - 1):
-        tokens = ids.clone()
-        tokens[i] = lm.task.mask_idx
-        logits, _ = lm.model(tokens.unsqueeze(0).to(lm.device), features_only=False,
-                             masked_tokens=tokens.eq(lm.task.mask_idx).unsqueeze(0).to(lm.device))
-        total += float(torch.log_softmax(logits.float(), dim=-1)[0, ids[i]])
+    for pos in range(1, tokens.numel() - 1):
+        src = tokens.clone().unsqueeze(0)  # (1, T)
+        src[0, pos] = mask_id(lm)
+        logits = lm.model(src, masked_tokens=src.eq(mask_id(lm)))[0]  # (1, V)
+        total += logits[0].float().log_softmax(-1)[tokens[pos]].item()
     return total
 
 
-def read_pairs(path: Path, limit: int = 0) -> List[dict]:
-    pairs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for p in pairs:
-        if "sentence_good" not in p or "sentence_bad" not in p:
-            raise ValueError(f"{path}: every line needs sentence_good and sentence_bad")
-    return pairs[:limit] if limit else pairs
+def first_per_paradigm(pairs: List[dict], limit: int) -> List[dict]:
+    seen: Dict[str, int] = defaultdict(int)
+    kept = []
+    for pair in pairs:
+        seen[pair.get("UID")] += 1
+        if seen[pair.get("UID")] <= limit:
+            kept.append(pair)
+    return kept
 
 
-def evaluate(lm, blimp_dir: Path, limit: int = 0, max_rows: int = 256) -> Dict:
-    files = sorted(Path(blimp_dir).glob("*.jsonl"))
-    if not files:
-        raise FileNotFoundError(f"--blimp: no *.jsonl files in {blimp_dir}")
-    paradigms, fields = {}, defaultdict(list)
-    for path in files:
-        pairs = read_pairs(path, limit)
-        good = pseudo_log_likelihoods(lm, [p["sentence_good"] for p in pairs], max_rows)
-        bad = pseudo_log_likelihoods(lm, [p["sentence_bad"] for p in pairs], max_rows)
-        correct = [g > b for g, b in zip(good, bad)]
-        name = pairs[0].get("UID", path.stem)
-        paradigms[name] = {"accuracy": sum(correct) / len(correct), "pairs": len(correct),
-                           "field": pairs[0].get("field", "unknown")}
-        fields[paradigms[name]["field"]] += correct
-    all_correct = [c for cs in fields.values() for c in cs]
-    return {"paradigms": paradigms,
-            "fields": {f: {"accuracy": sum(c) / len(c), "pairs": len(c)} for f, c in sorted(fields.items())},
-            "overall": {"accuracy": sum(all_correct) / len(all_correct), "pairs": len(all_correct)}}
+def accuracies(pairs: List[dict], good: List[float], bad: List[float]) -> Dict:
+    """Accuracy per paradigm (UID), per field and overall, with pair counts."""
+    per_paradigm, per_field = defaultdict(list), defaultdict(list)
+    for pair, g, b in zip(pairs, good, bad):
+        hit = float(g > b)
+        per_paradigm[pair.get("UID", "unknown")].append(hit)
+        per_field[pair.get("field", "unknown")].append(hit)
+    summary = lambda hits: {"accuracy": sum(hits) / len(hits), "pairs": len(hits)}
+    paradigms = {k: summary(v) for k, v in sorted(per_paradigm.items())}
+    return {"overall": summary([h for v in per_paradigm.values() for h in v]),
+            "fields": {k: summary(v) for k, v in sorted(per_field.items())},
+            "paradigms": paradigms}
 
 
-def print_table(result: Dict, out=sys.stdout):
-    print("| paradigm | field | pairs | accuracy |\n|---|---|---|---|", file=out)
-    for name, r in result["paradigms"].items():
-        print(f"| {name} | {r['field']} | {r['pairs']} | {100 * r['accuracy']:.1f} |", file=out)
-    for name, r in result["fields"].items():
-        print(f"| **{name}** (field) | | {r['pairs']} | {100 * r['accuracy']:.1f} |", file=out)
-    print(f"| **overall** | | {result['overall']['pairs']} | {100 * result['overall']['accuracy']:.1f} |", file=out)
+def evaluate(lm, pairs: List[dict], max_tokens: int = 8192) -> Dict:
+    good = pseudo_log_likelihoods(lm, [p["sentence_good"] for p in pairs], max_tokens)
+    bad = pseudo_log_likelihoods(lm, [p["sentence_bad"] for p in pairs], max_tokens)
+    return accuracies(pairs, good, bad)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint-dir", required=True)
-    p.add_argument("--checkpoint", default="checkpoint_best.pt")
-    p.add_argument("--data-dir", help="dir with dict.txt and sentencepiece.bpe.model (default: checkpoint dir)")
-    p.add_argument("--blimp", required=True, help="directory of BLiMP *.jsonl files")
-    p.add_argument("--out", help="write the accuracies as JSON here")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N pairs of each paradigm")
-    p.add_argument("--max-rows", type=int, default=256, help="masked copies per forward pass")
-    p.add_argument("--cpu", action="store_true", help="stay on CPU even if CUDA is available")
-    args = p.parse_args(argv)
-    lm = hub.from_pretrained(args.checkpoint_dir, args.checkpoint, args.data_dir)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint-dir", required=True, help="directory of the checkpoint")
+    parser.add_argument("--checkpoint", default="checkpoint_best.pt", help="checkpoint file name in --checkpoint-dir")
+    parser.add_argument("--data-dir", default=None, help="dir with dict.txt (and sentencepiece.bpe.model); default: --checkpoint-dir")
+    parser.add_argument("--blimp", required=True, type=Path, help="a BLiMP .jsonl file or a directory of them")
+    parser.add_argument("--out", type=Path, default=None, help="write the accuracies as JSON here")
+    parser.add_argument("--user-dir", default=hub.USER_DIR, help="fairseq user dir (default: this plugin)")
+    parser.add_argument("--max-tokens", type=int, default=8192, help="tokens per forward (rows x width)")
+    parser.add_argument("--limit", type=int, default=None, help="first N pairs of each paradigm (quick runs)")
+    parser.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is available")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    lm = hub.from_pretrained(args.checkpoint_dir, args.checkpoint, args.data_dir, user_dir=args.user_dir)
     if torch.cuda.is_available() and not args.cpu:
-        lm.cuda()
-    result = evaluate(lm, Path(args.blimp), args.limit, args.max_rows)
-    result["checkpoint"] = str(Path(args.checkpoint_dir) / args.checkpoint)
-    print_table(result)
+        lm = lm.cuda()
+    pairs = read_pairs(args.blimp)
+    if args.limit:
+        pairs = first_per_paradigm(pairs, args.limit)
+    result = evaluate(lm, pairs, args.max_tokens)
+    for name, r in result["paradigms"].items():
+        print(f"paradigm {name:50s} {100 * r['accuracy']:6.2f}  ({r['pairs']} pairs)")
+    for name, r in result["fields"].items():
+        print(f"field    {name:50s} {100 * r['accuracy']:6.2f}  ({r['pairs']} pairs)")
+    print(f"overall  {'':50s} {100 * result['overall']['accuracy']:6.2f}  ({result['overall']['pairs']} pairs)")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,44 +1,46 @@
-"""Every-Layer-Counts mixing (Charpentier & Samuel 2023, "Not all layers are equally as
-important: Every Layer Counts BERT", arXiv:2311.02265).
+"""Every-Layer-Counts layer weighting (Charpentier & Samuel 2023, "Not all layers are equally
+as important: Every Layer Counts BERT", arXiv:2311.02265; ltgoslo/elc-bert).
 
-The input of layer l is a learned convex combination of the embedding output and the outputs
-of all earlier layers: x_l = sum_i softmax(alpha_l)_i h_i. ``mix`` stacks the states and takes
-one weighted sum; ``mix_reference`` is the loop the original writes.
+Layer ℓ reads x_ℓ = Σ_{i≤ℓ} softmax(α_ℓ)_i · h_i, a learned mixture of the embedding output h_0
+and every earlier layer output. FAST path: the outputs stay in one list, are stacked once per
+layer and reduced with one tensordot; the loop over earlier outputs is the REFERENCE path.
 """
 from typing import List
 
 import torch
 import torch.nn as nn
 
-
-def mix(weights: torch.Tensor, states: List[torch.Tensor]) -> torch.Tensor:
-    """softmax(weights) . stack(states): weights (n,), states n x (B, T, d) -> (B, T, d)."""
-    return torch.einsum("n,n...->...", torch.softmax(weights, dim=0).to(states[0].dtype), torch.stack(states))
+VARIANTS = ("base", "zero", "normalized", "weighted_output")
 
 
-def mix_reference(weights: torch.Tensor, states: List[torch.Tensor]) -> torch.Tensor:
-    probs = torch.softmax(weights, dim=0)
-    out = probs[0] * states[0]
-    for p, h in zip(probs[1:], states[1:]):
-        out = out + p * h
-    return out
-
-
-def initial_layer_weights(layer: int, variant: str) -> torch.Tensor:
-    """alpha_l (l + 1 entries): uniform (zeros) for zero/normalized/weighted_output; for base,
-    zeros with the last entry 1, favouring the previous layer (elc-bert model_elc_bert_base)."""
-    weights = torch.zeros(layer + 1)
+def initial_layer_weights(variant: str, size: int) -> torch.Tensor:
+    """α at init: 'base' zeros with the last (most recent layer) entry 1, the others all zeros."""
+    alpha = torch.zeros(size)
     if variant == "base":
-        weights[-1] = 1.0
-    return weights
+        alpha[-1] = 1.0
+    return alpha
 
 
-class LayerWeights(nn.Module):
-    """The alpha_l of every layer (``prev_layer_weights`` in the original)."""
+class LayerMixing(nn.Module):
+    """Softmax-weighted sum of a stack of layer outputs with learnable raw weights α."""
 
-    def __init__(self, layers: int, variant: str):
+    def __init__(self, variant: str, size: int):
         super().__init__()
-        self.weights = nn.ParameterList(nn.Parameter(initial_layer_weights(i, variant)) for i in range(layers))
+        if variant not in VARIANTS:
+            raise ValueError(f"--elc-variant must be one of {VARIANTS}, got {variant!r}")
+        self.layer_weights = nn.Parameter(initial_layer_weights(variant, size))
 
-    def forward(self, layer: int, states: List[torch.Tensor], reference: bool = False) -> torch.Tensor:
-        return (mix_reference if reference else mix)(self.weights[layer], states)
+    def weights(self) -> torch.Tensor:
+        return self.layer_weights.softmax(-1)
+
+    def forward(self, states: List[torch.Tensor]) -> torch.Tensor:
+        """states: len(α) tensors of one shape (T, B, d) -> their mixture (T, B, d)."""
+        stacked = torch.stack(states, dim=0)  # (ℓ+1, T, B, d)
+        return torch.tensordot(self.weights().to(stacked.dtype), stacked, dims=1)
+
+    def forward_reference(self, states: List[torch.Tensor]) -> torch.Tensor:
+        w = self.weights()
+        out = w[0] * states[0]
+        for weight, state in zip(w[1:], states[1:]):
+            out = out + weight * state
+        return out

@@ -1,15 +1,13 @@
-"""LAMB as ELC-BERT implements it (ltgoslo/elc-bert ``pre_training/lamb.py``; You et al. 2020,
-arXiv:1904.00962), and its parameter groups.
+"""``lamb_elc``: the LAMB of ELC-BERT (ltgoslo/elc-bert ``pre_training/lamb.py``).
 
-The step is Adam's bias-corrected u = m/(sqrt(v) + eps); only where weight decay applies is
-wd * theta added and the step scaled by the trust ratio ||theta|| / ||u||. The no-decay group
-(biases, norms, embeddings, layer weights) takes plain Adam steps. apex's FusedLAMB applies the
-trust ratio everywhere, hence this optimizer. A model marks its no-decay parameters with
-``p.no_weight_decay = True`` (ELC-BERT does, by the original's name rules); unmarked
-parameters decay.
+Bias-corrected Adam direction u = m̂/(√v̂ + ε); where weight decay applies, u ← u + wd·θ and the
+step is scaled by the trust ratio ‖θ‖/‖u‖ (You et al. 2020, arXiv:1904.00962); where it does not
+(biases, norms, embeddings, ELC layer weights: the original's no-decay group) the trust ratio is
+1, i.e. a plain Adam step. apex's FusedLAMB (fairseq's ``lamb``) scales every group, hence a new
+name. Parameters tagged ``no_weight_decay = True`` by the model form the no-decay group.
 """
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import List
 
 import torch
 from fairseq.dataclass import FairseqDataclass
@@ -19,22 +17,23 @@ from omegaconf import II
 
 @dataclass
 class LambElcConfig(FairseqDataclass):
-    lamb_betas: Any = field(default=(0.9, 0.98), metadata={"help": "betas of the moment estimates (ELC-BERT: 0.9, 0.98)"})
-    lamb_eps: float = field(default=1e-6, metadata={"help": "epsilon added to sqrt(v) (ELC-BERT: 1e-6)"})
-    weight_decay: float = field(default=0.1, metadata={"help": "decoupled weight decay of the decay group (ELC-BERT: 0.1)"})
+    lamb_betas: str = field(default="(0.9, 0.98)", metadata={"help": "betas (train_elc_bert_*.py: 0.9, 0.98)"})
+    lamb_eps: float = field(default=1e-6, metadata={"help": "epsilon (original: 1e-6)"})
+    weight_decay: float = field(default=0.1, metadata={
+        "help": "weight decay of the decayed group (original: 0.1); the no-decay group always gets 0"})
     lr: List[float] = II("optimization.lr")
 
 
-class LambElc(torch.optim.Optimizer):
+class Lamb(torch.optim.Optimizer):
+    """LAMB with the trust ratio only where weight decay is non-zero (see module docstring)."""
+
     def __init__(self, params, lr=1e-2, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"lamb_elc: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     @property
     def supports_memory_efficient_fp16(self):
-        return False
-
-    @property
-    def supports_flat_params(self):
         return False
 
     @torch.no_grad()
@@ -57,31 +56,32 @@ class LambElc(torch.optim.Optimizer):
                 m_hat = state["exp_avg"] / (1 - beta1 ** state["step"])
                 v_hat = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
                 update = m_hat / (v_hat.sqrt() + group["eps"])
-                trust = 1.0
+                ratio = 1.0
                 if group["weight_decay"] > 0:
-                    update = update + group["weight_decay"] * p.float()
+                    update.add_(p.float(), alpha=group["weight_decay"])
                     w_norm, u_norm = p.float().norm(), update.norm()
-                    trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.add_((-group["lr"] * trust * update).to(p.dtype))
+                    ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                p.add_((-group["lr"] * ratio * update).to(p.dtype))
         return loss
 
 
-def decay_groups(params, weight_decay: float):
-    """[decay group, no-decay group] from the ``no_weight_decay`` marks (empty groups dropped)."""
-    no_decay = [p for p in params if getattr(p, "no_weight_decay", False)]
+def decay_groups(params, weight_decay):
+    """Two groups: decayed parameters, and those tagged ``no_weight_decay`` (decay 0)."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        return params
     decay = [p for p in params if not getattr(p, "no_weight_decay", False)]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    no_decay = [p for p in params if getattr(p, "no_weight_decay", False)]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
 
 
 @register_optimizer("lamb_elc", dataclass=LambElcConfig)
-class FairseqLambElc(FairseqOptimizer):
+class LambElcOptimizer(FairseqOptimizer):
     def __init__(self, cfg: LambElcConfig, params):
         super().__init__(cfg)
-        self._optimizer = LambElc(decay_groups(list(params), cfg.weight_decay), **self.optimizer_config)
+        self._optimizer = Lamb(decay_groups(params, cfg.weight_decay), **self.optimizer_config)
 
     @property
     def optimizer_config(self):
-        betas = self.cfg.lamb_betas
-        return {"lr": self.cfg.lr[0], "betas": eval(betas) if isinstance(betas, str) else tuple(betas),
-                "eps": self.cfg.lamb_eps, "weight_decay": self.cfg.weight_decay}
+        return {"lr": self.cfg.lr[0], "betas": eval(self.cfg.lamb_betas), "eps": self.cfg.lamb_eps,
+                "weight_decay": self.cfg.weight_decay}

@@ -1,96 +1,176 @@
-"""``elc_span_masked_lm``: the ELC-BERT / LTG-BERT pre-training data recipe on fairseq's
-masked_lm pipeline (ltgoslo/elc-bert ``pre_training/dataset.py``, ``train_elc_bert_*.py``).
+"""``elc_span_masked_lm``: masked LM with ELC-BERT's span masking, sequence shortening and the
+switch to 4x longer sequences late in training (ltgoslo/elc-bert ``pre_training/dataset.py``,
+``train_elc_bert_*.py``; Charpentier & Samuel 2023, arXiv:2311.02265).
 
-* span masking and short_p shortening (``fairseq_ext.data.span_masking``), flags with the
-  original defaults (fairseq already names a task ``span_masked_lm``, hence the prefix);
-* the sequence-length switch: once ``--long-after`` of ``--max-update`` is done, training goes
-  on at ``--long-factor`` x the length and 1/``--long-factor`` the batch (same tokens per
-  update), without a restart. fairseq builds batches once per epoch, so the switch happens at
-  the first epoch boundary after the threshold; a run resumed from a checkpoint switches at
-  the first epoch boundary after its first update.
+Masking per sequence (``SpanMaskingStrategy``): budget n ~ Binomial(#maskable, --mask-prob);
+up to --max-span-tries times while fewer than n are chosen, draw a span length
+Geometric(--span-p) mod --max-span-length and a uniform offset, select the maskable tokens of
+the span, and for the whole span at once use <mask> (p = 1 - random - keep), random real tokens
+(--random-token-prob) or keep them (--leave-unmasked-prob). Special symbols are never chosen.
+
+Length switch: once --long-after x max_update updates are done, the next epoch's batches use
+blocks of --long-factor x --tokens-per-sample tokens and --long-factor times fewer sentences
+(same tokens per update); the optimizer, schedule and update count continue. fairseq rebuilds
+the epoch iterator at every epoch boundary (``Trainer.get_train_iterator`` ->
+``task.get_batch_iterator``), so the switch happens at the first epoch boundary past the threshold.
 """
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
-from fairseq.data import RightPadDataset, SortDataset, data_utils
+import torch
+from fairseq import utils
+from fairseq.data import BaseWrapperDataset, PrependTokenDataset, RightPadDataset, SortDataset, TokenBlockDataset, data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
 from omegaconf import II
 
-from fairseq_ext.data.span_masking import SpanMaskedDataset
+from fairseq_ext.modules.inference_logits import special_symbol_ids
 
 
 @dataclass
 class ElcSpanMaskedLMConfig(MaskedLMConfig):
-    """--mask-prob (0.15), --random-token-prob (0.1) and --leave-unmasked-prob (0.1) are
-    fairseq's names for the original's mask_p, random_p and keep_p, with the same defaults."""
+    """masked_lm's options (--mask-prob 0.15 = mask_p, --random-token-prob 0.1 = random_p,
+    --leave-unmasked-prob 0.1 = keep_p, as the original) plus the span/shortening/switch ones."""
 
-    span_geometric_p: float = field(default=1 / 3, metadata={
-        "help": "span lengths are Geometric(p) mod --max-span-length (ELC-BERT SpanMaskingStrategy)"})
-    max_span_length: int = field(default=10, metadata={"help": "span lengths are taken modulo this (0..9 by default)"})
+    span_p: float = field(default=1 / 3, metadata={
+        "help": "p of the geometric span length (SpanMaskingStrategy: Geometric(1/3))"})
+    max_span_length: int = field(default=10, metadata={
+        "help": "span lengths are Geometric(span_p) mod this value, i.e. 0..9 (original)"})
+    max_span_tries: int = field(default=100, metadata={
+        "help": "spans drawn at most this many times per sequence (original: 100)"})
     short_p: float = field(default=0.1, metadata={
-        "help": "probability of truncating a training sequence to a uniform random length (ELC-BERT short_p)"})
+        "help": "probability of truncating a training sequence to a uniform random length (Dataset short_p)"})
     long_after: float = field(default=0.9, metadata={
-        "help": "fraction of --max-update after which training continues at --long-factor x the length and "
-                "1/--long-factor the batch (ELC-BERT long_after); 0 or >= 1 never switches"})
-    long_factor: int = field(default=4, metadata={"help": "length multiplier of the long phase (128 -> 512 in ELC-BERT)"})
+        "help": "fraction of --max-update after which training continues with longer sequences "
+                "(train_elc_bert_*.py long_after); >= 1 disables the switch"})
+    long_factor: int = field(default=4, metadata={
+        "help": "after the switch: sequences this many times longer, batches this many times smaller (128 -> 512)"})
     max_update: int = II("optimization.max_update")
     train_subset: str = II("dataset.train_subset")
 
 
+class SpanMaskDataset(BaseWrapperDataset):
+    """(source or target) of ELC-BERT's shortened, span-masked version of each item.
+
+    Items start with <s> (kept). Both copies come from one deterministic draw seeded by
+    (seed, epoch, index), so source and target agree; target is pad where nothing is predicted.
+    """
+
+    def __init__(self, dataset, maskable_ids, pad_idx, mask_idx, cfg, seed, return_target, shorten):
+        super().__init__(dataset)
+        self.maskable = torch.zeros(int(maskable_ids.max()) + 1, dtype=torch.bool)
+        self.maskable[maskable_ids] = True
+        self.random_ids = maskable_ids
+        self.pad_idx, self.mask_idx, self.cfg, self.seed = pad_idx, mask_idx, cfg, seed
+        self.return_target, self.shorten = return_target, shorten
+        self.epoch = 1
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        self.epoch = epoch
+
+    def __getitem__(self, index):
+        source, target = self._masked(self.seed, self.epoch, index)
+        return target if self.return_target else source
+
+    @lru_cache(maxsize=8)
+    def _masked(self, seed, epoch, index):
+        rng = np.random.default_rng([seed, epoch, index])
+        tokens = self.dataset[index]
+        if self.shorten and len(tokens) > 2 and rng.random() < self.cfg.short_p:
+            tokens = tokens[: 1 + rng.integers(1, len(tokens) - 1)]  # keep <s> and >= 1 token
+        return span_mask(tokens, rng, self.maskable, self.random_ids, self.mask_idx, self.pad_idx, self.cfg)
+
+
+def span_mask(tokens, rng, maskable_table, random_ids, mask_idx, pad_idx, cfg):
+    """(source, target) of one sequence under SpanMaskingStrategy (see module docstring)."""
+    T = len(tokens)
+    maskable = maskable_table[tokens.clamp(max=len(maskable_table) - 1)] & (tokens < len(maskable_table))
+    budget = rng.binomial(int(maskable.sum()), cfg.mask_prob)
+    chosen = torch.zeros(T, dtype=torch.bool)
+    source = tokens.clone()
+    mask_p = 1.0 - cfg.random_token_prob - cfg.leave_unmasked_prob
+    for _ in range(cfg.max_span_tries):
+        if int(chosen.sum()) >= budget:
+            break
+        length = int(rng.geometric(cfg.span_p)) % cfg.max_span_length
+        offset = int(rng.integers(-(length - 1), T + length)) if length > 0 else int(rng.integers(0, T))
+        span = torch.zeros(T, dtype=torch.bool)
+        span[max(0, offset): max(0, min(T - 1, offset + length))] = True
+        span &= maskable
+        chosen |= span
+        choice = rng.random()
+        if choice < mask_p:
+            source[span] = mask_idx
+        elif choice < mask_p + cfg.random_token_prob:
+            picks = rng.integers(0, len(random_ids), int(span.sum()))
+            source[span] = random_ids[torch.from_numpy(picks)]
+    target = torch.full_like(tokens, pad_idx)
+    target[chosen] = tokens[chosen]
+    return source, target
+
+
 @register_task("elc_span_masked_lm", dataclass=ElcSpanMaskedLMConfig)
 class ElcSpanMaskedLMTask(MaskedLMTask):
+    """masked_lm with ELC-BERT's span masking, short_p shortening and the long-sequence switch."""
+
     cfg: ElcSpanMaskedLMConfig
 
     def __init__(self, cfg, dictionary=None):
         super().__init__(cfg, dictionary)
-        if not 0 <= cfg.mask_prob <= 1 or cfg.random_token_prob + cfg.leave_unmasked_prob > 1:
-            raise ValueError("--mask-prob must be in [0, 1] and --random-token-prob + --leave-unmasked-prob <= 1")
-        if cfg.long_factor < 1:
-            raise ValueError(f"--long-factor must be >= 1, got {cfg.long_factor}")
+        for name in ("mask_prob", "random_token_prob", "leave_unmasked_prob", "short_p", "span_p"):
+            if not 0.0 <= getattr(cfg, name) <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(cfg, name)}")
+        if cfg.random_token_prob + cfg.leave_unmasked_prob > 1.0:
+            raise ValueError("--random-token-prob + --leave-unmasked-prob must be <= 1")
+        if cfg.long_factor < 1 or cfg.max_span_length < 1:
+            raise ValueError("--long-factor and --max-span-length must be >= 1")
+        special = set(special_symbol_ids(self.source_dictionary).tolist()) | {self.mask_idx}
+        self.maskable_ids = torch.tensor([i for i in range(len(self.source_dictionary)) if i not in special])
         self.num_updates = 0
-        self.long_phase = False
 
-    def span_masked(self, dataset, split, return_target):
-        c = self.cfg
-        return SpanMaskedDataset(dataset, self.source_dictionary, self.mask_idx, c.seed, c.mask_prob,
-                                 c.random_token_prob, c.leave_unmasked_prob, c.span_geometric_p, c.max_span_length,
-                                 c.short_p if split == c.train_subset else 0.0, return_target)
+    # ---------------------------------------------------------------- data
+    def _blocks(self, split, epoch, combine, tokens_per_sample):
+        paths = utils.split_paths(self.cfg.data)
+        split_path = f"{paths[(epoch - 1) % len(paths)]}/{split}"
+        dataset = data_utils.load_indexed_dataset(split_path, self.source_dictionary, combine=combine)
+        if dataset is None:
+            raise FileNotFoundError(f"Dataset not found: {split} ({split_path})")
+        dataset = TokenBlockDataset(dataset, dataset.sizes, tokens_per_sample - 1, pad=self.source_dictionary.pad(),
+                                    eos=self.source_dictionary.eos(), break_mode=self.cfg.sample_break_mode)
+        return PrependTokenDataset(dataset, self.source_dictionary.bos())
+
+    def _masked_dataset(self, split, epoch, combine, tokens_per_sample):
+        blocks = self._blocks(split, epoch, combine, tokens_per_sample)
+        pad = self.source_dictionary.pad()
+        make = lambda target: SpanMaskDataset(blocks, self.maskable_ids, pad, self.mask_idx, self.cfg,
+                                              self.cfg.seed, target, shorten=split == self.cfg.train_subset)
+        src, tgt = make(False), make(True)
+        with data_utils.numpy_seed(self.cfg.seed + epoch):
+            shuffle = np.random.permutation(len(src))
+        return SortDataset(self._regular_dataset(src, RightPadDataset(tgt, pad_idx=pad)),
+                           sort_order=[shuffle, src.sizes])
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
-        dataset = self._load_dataset_split(split, epoch, combine)
-        src = self.span_masked(dataset, split, return_target=False)
-        tgt = RightPadDataset(self.span_masked(dataset, split, return_target=True), pad_idx=self.source_dictionary.pad())
-        with data_utils.numpy_seed(self.cfg.seed):
-            shuffle = np.random.permutation(len(src))
-        self.datasets[split] = SortDataset(self._regular_dataset(src, tgt), sort_order=[shuffle, src.sizes])
+        self.datasets[split] = self._masked_dataset(split, epoch, combine, self.cfg.tokens_per_sample)
 
-    # -- sequence-length switch ------------------------------------------------------------
-    def long_phase_due(self) -> bool:
-        c = self.cfg
-        return 0 < c.long_after < 1 and c.max_update > 0 and self.num_updates >= c.long_after * c.max_update
+    # ---------------------------------------------------------------- length switch
+    def long_phase(self) -> bool:
+        return 0 < self.cfg.long_after < 1 and self.cfg.max_update > 0 and \
+            self.num_updates >= int(self.cfg.long_after * self.cfg.max_update)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         self.num_updates = update_num
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
-    def max_positions(self):
-        return self.cfg.tokens_per_sample * (self.cfg.long_factor if self.long_phase else 1)
-
-    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None, **kwargs):
-        is_train = dataset is self.datasets.get(self.cfg.train_subset)
-        if is_train and not self.long_phase and self.long_phase_due():
-            self.switch_to_long_sequences()
-            kwargs["disable_iterator_cache"] = True
-        if is_train and self.long_phase:
-            dataset = self.datasets[self.cfg.train_subset]
-            max_sentences = max(1, max_sentences // self.cfg.long_factor) if max_sentences else None
-            max_positions = self.max_positions()
-        return super().get_batch_iterator(dataset, max_tokens, max_sentences, max_positions, **kwargs)
-
-    def switch_to_long_sequences(self):
-        """Rebuild the train split at long_factor x tokens_per_sample (the original reloads its
-        512-token cache); optimizer and schedule go on."""
-        self.long_phase = True
-        self.cfg.tokens_per_sample *= self.cfg.long_factor
-        self.load_dataset(self.cfg.train_subset)
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None, *args, epoch=1, **kwargs):
+        train = self.cfg.train_subset
+        if dataset is self.datasets.get(train) and self.long_phase():
+            factor = self.cfg.long_factor
+            if f"{train}_long" not in self.datasets:
+                self.datasets[f"{train}_long"] = self._masked_dataset(train, epoch, False, factor * self.cfg.tokens_per_sample)
+            dataset = self.datasets[f"{train}_long"]
+            max_sentences = max(1, max_sentences // factor) if max_sentences else None
+            max_positions = factor * self.cfg.tokens_per_sample
+        return super().get_batch_iterator(dataset, max_tokens, max_sentences, max_positions, *args, epoch=epoch, **kwargs)

@@ -72,3 +72,19 @@ def set_arg(argv: List[str], flag: str, value) -> List[str]:
     else:
         argv += [flag, str(value)]
     return argv
+
+
+def finetune_args(classification_data, arch, checkpoint, save_dir, updates=6, extra=()) -> List[str]:
+    """Stock sentence_prediction fine-tuning of a plugin checkpoint (GLUE-style head)."""
+    return ["fairseq-train", str(classification_data), "--user-dir", USER_DIR, "--task", "sentence_prediction",
+            "--criterion", "sentence_prediction", "--num-classes", "2", "--init-token", "0", "--arch", arch,
+            "--restore-file", str(checkpoint), "--reset-optimizer", "--reset-dataloader", "--reset-meters",
+            "--cpu", "--num-workers", "0", "--batch-size", "16", "--optimizer", "adam", "--lr", "1e-4",
+            "--max-update", str(updates), "--log-format", "json", "--save-dir", str(save_dir),
+            "--no-epoch-checkpoints", "--shorten-method", "truncate", *extra]
+
+
+def assert_finetuned(proc: subprocess.CompletedProcess) -> None:
+    output = proc.stdout + proc.stderr
+    assert "Loaded checkpoint" in output
+    assert 0 <= float(json_log_records(output, prefix="valid")[-1]["valid_accuracy"]) <= 100

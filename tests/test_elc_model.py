@@ -8,7 +8,7 @@ import torch
 from fairseq import tasks
 from fairseq.models import ARCH_MODEL_REGISTRY, ARCH_CONFIG_REGISTRY
 
-from helpers import REPO, USER_DIR, json_log_records, run_fairseq, run_python, set_arg
+from helpers import REPO, USER_DIR, assert_finetuned, finetune_args, json_log_records, run_fairseq, run_python, set_arg
 from fairseq_ext.models.elc_bert import ELC_VARIANTS, ElcBertModel
 from fairseq_ext.tasks.elc_span_masked_lm import ElcSpanMaskedLMConfig
 
@@ -156,16 +156,8 @@ print("OK", a.model.args.elc_variant)
 
 
 def test_sentence_prediction_finetunes_from_an_elc_checkpoint(trained, classification_data, tmp_path):
-    proc = run_fairseq([
-        "fairseq-train", classification_data, "--user-dir", USER_DIR, "--task", "sentence_prediction",
-        "--criterion", "sentence_prediction", "--num-classes", "2", "--init-token", "0", "--arch", "elc_bert_zero_tiny",
-        "--restore-file", trained["elc_bert_zero_tiny"][0] / "checkpoint_last.pt", "--reset-optimizer",
-        "--reset-dataloader", "--reset-meters", "--cpu", "--num-workers", "0", "--batch-size", "16",
-        "--optimizer", "adam", "--lr", "1e-4", "--max-update", "6", "--log-format", "json", "--save-dir", tmp_path,
-        "--no-epoch-checkpoints", "--shorten-method", "truncate"])
-    output = proc.stdout + proc.stderr
-    assert "Loaded checkpoint" in output
-    assert 0 <= float(json_log_records(output, prefix="valid")[-1]["valid_accuracy"]) <= 100
+    assert_finetuned(run_fairseq(finetune_args(classification_data, "elc_bert_zero_tiny",
+                                               trained["elc_bert_zero_tiny"][0] / "checkpoint_last.pt", tmp_path)))
 
 
 def test_length_switch_in_a_real_run(tiny_data, tmp_path):

@@ -7,7 +7,8 @@ import torch
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from helpers import REPO, USER_DIR, json_log_records, run_fairseq, run_python, tiny_train_args
+from helpers import (REPO, USER_DIR, assert_finetuned, finetune_args, json_log_records, run_fairseq, run_python,
+                     tiny_train_args)
 from fairseq_ext.modules.glom_step import AGGREGATIONS, LAYOUTS, GlomStep
 
 
@@ -112,16 +113,8 @@ print("OK", a.model.args.glom_aggregation)
 
 
 def test_sentence_prediction_finetunes_from_a_glom_checkpoint(trained, classification_data, tmp_path):
-    proc = run_fairseq([
-        "fairseq-train", classification_data, "--user-dir", USER_DIR, "--task", "sentence_prediction",
-        "--criterion", "sentence_prediction", "--num-classes", "2", "--init-token", "0", "--arch", "glom_tiny",
-        "--restore-file", trained["paper"][0] / "checkpoint_last.pt", "--reset-optimizer",
-        "--reset-dataloader", "--reset-meters", "--cpu", "--num-workers", "0", "--batch-size", "16",
-        "--optimizer", "adam", "--lr", "1e-4", "--max-update", "6", "--log-format", "json", "--save-dir", tmp_path,
-        "--no-epoch-checkpoints", "--shorten-method", "truncate"])
-    output = proc.stdout + proc.stderr
-    assert "Loaded checkpoint" in output
-    assert 0 <= float(json_log_records(output, prefix="valid")[-1]["valid_accuracy"]) <= 100
+    assert_finetuned(run_fairseq(finetune_args(classification_data, "glom_tiny",
+                                               trained["paper"][0] / "checkpoint_last.pt", tmp_path)))
 
 
 def test_hydra_yaml_trains(tiny_data, tmp_path):

@@ -5,7 +5,7 @@ and stock sentence_prediction fine-tuning from each checkpoint."""
 import pytest
 import torch
 from fairseq.models.roberta import RobertaModel
-from helpers import REPO, USER_DIR, json_log_records, run_fairseq, tiny_train_args
+from helpers import REPO, USER_DIR, assert_finetuned, finetune_args, json_log_records, run_fairseq, tiny_train_args
 
 from fairseq_ext.models.roberta_ext import VARIANTS
 
@@ -131,18 +131,8 @@ def test_mask_prob_zero_makes_every_token_a_target(tiny_data):
 @pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT])
 def test_sentence_prediction_finetunes_from_each_checkpoint(trained, classification_data, tmp_path, name):
     save_dir, _ = trained[name]
-    proc = run_fairseq([
-        "fairseq-train", classification_data, "--user-dir", USER_DIR, "--task", "sentence_prediction",
-        "--criterion", "sentence_prediction", "--num-classes", "2", "--init-token", "0",
-        "--arch", trained_arch(name), "--max-positions", str(TRAIN_LEN), "--restore-file",
-        save_dir / "checkpoint_last.pt", "--reset-optimizer", "--reset-dataloader", "--reset-meters",
-        "--cpu", "--num-workers", "0", "--batch-size", "16", "--optimizer", "adam", "--lr", "1e-4",
-        "--max-update", "10", "--log-format", "json", "--log-interval", "2", "--save-dir", tmp_path,
-        "--no-epoch-checkpoints", "--seed", "1", "--shorten-method", "truncate"])
-    output = proc.stdout + proc.stderr
-    assert "Loaded checkpoint" in output
-    valid = json_log_records(output, prefix="valid")
-    assert valid and 0 <= float(valid[-1]["valid_accuracy"]) <= 100
+    assert_finetuned(run_fairseq(finetune_args(classification_data, trained_arch(name), save_dir / "checkpoint_last.pt",
+                                               tmp_path, updates=10, extra=["--max-positions", str(TRAIN_LEN)])))
 
 
 def trained_arch(name):

@@ -31,9 +31,9 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr, safe_hasattr
 
 from fairseq_ext.modules.alibi import alibi_bias, alibi_slopes
-from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP, bf16_autocast
+from fairseq_ext.models._roberta_family import PluginRobertaModel
+from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
 from fairseq_ext.modules.biased_encoder_layer import BiasedEncoderLayer
-from fairseq_ext.modules.inference_logits import special_symbol_ids, suppress_special_logits
 
 POSITIONS = ("learned", "sinusoidal", "none")
 MASK_SYMBOL = "<mask>"
@@ -277,12 +277,12 @@ class RobertaExtEncoder(RobertaEncoder):
 
 
 @register_model("roberta_ext")
-class RobertaExtModel(RobertaModel):
-    """RoBERTa with the options of ``RobertaExtConfig``; see the module docstring."""
+class RobertaExtModel(PluginRobertaModel):
+    """RoBERTa with the options of ``RobertaExtConfig``; see the module docstring. The forward
+    (bf16 autocast, clean inference logits) is the plugin's common one."""
 
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
-        self.register_buffer("special_ids", special_symbol_ids(encoder.dictionary), persistent=False)
         self.register_buffer("version", torch.tensor([VERSION]))
 
     @classmethod
@@ -305,16 +305,6 @@ class RobertaExtModel(RobertaModel):
         if OmegaConf.is_config(args):
             OmegaConf.set_struct(args, True)
         return cls(args, encoder)
-
-    def forward(self, src_tokens, features_only=False, return_all_hiddens=False,
-                classification_head_name=None, masked_tokens=None, **kwargs):
-        with bf16_autocast(self.args.bf16_autocast, src_tokens):
-            x, extra = super().forward(src_tokens, features_only, return_all_hiddens,
-                                       classification_head_name, masked_tokens=masked_tokens, **kwargs)
-        x = x.float()
-        if not (self.training or features_only or classification_head_name or masked_tokens is not None):
-            x = suppress_special_logits(x, self.special_ids)
-        return x, extra
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (3 x forward; matmuls 2mnk). Attention: 4 projections

@@ -61,7 +61,12 @@ class PluginRobertaModel(RobertaModel):
         gen_parser_from_dataclass(parser, cls.config_class(), delete_default=True)
 
     @classmethod
-    def fill_defaults(cls, args):
+    def fill_defaults(cls, args, **preset):
+        """An arch preset's values, then the config's and RoBERTa's defaults; options the
+        user set win over all of them."""
+        for key, value in preset.items():
+            if safe_getattr(args, key) is None:
+                setattr(args, key, value)
         for f in fields(cls.config_class):
             if not f.name.startswith("_") and safe_getattr(args, f.name) is None:
                 setattr(args, f.name, f.default)

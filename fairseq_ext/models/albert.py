@@ -9,7 +9,6 @@ import torch.nn as nn
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.modules import TransformerEncoderLayer
-from fairseq.utils import safe_getattr
 
 from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
 from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
@@ -71,10 +70,8 @@ class AlbertModel(PluginRobertaModel):
 
 
 def albert_defaults(args, **sizes):
-    for key, value in {"dropout": 0.0, "attention_dropout": 0.0, "max_positions": 512, **sizes}.items():
-        if safe_getattr(args, key) is None:
-            setattr(args, key, value)
-    AlbertModel.fill_defaults(args)
+    """albert-base-v2: no dropout, 512 positions."""
+    AlbertModel.fill_defaults(args, dropout=0.0, attention_dropout=0.0, max_positions=512, **sizes)
 
 
 @register_model_architecture("albert_ext", "albert_tiny")

@@ -20,7 +20,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
-from fairseq.utils import safe_getattr
 
 from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
 from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
@@ -227,11 +226,7 @@ class ElcBertModel(PluginRobertaModel):
 
 def elc_defaults(args, variant, **sizes):
     """Variant and preset sizes (options already set win), then the config's and RoBERTa's defaults."""
-    preset = {"elc_variant": variant, "dropout": 0.1, "attention_dropout": 0.1, "max_positions": 4096, **sizes}
-    for key, value in preset.items():
-        if safe_getattr(args, key) is None:
-            setattr(args, key, value)
-    ElcBertModel.fill_defaults(args)
+    ElcBertModel.fill_defaults(args, elc_variant=variant, dropout=0.1, attention_dropout=0.1, max_positions=4096, **sizes)
 
 
 SIZES = {

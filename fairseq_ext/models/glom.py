@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
-from fairseq.utils import safe_getattr
 
 from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
 from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
@@ -99,11 +98,8 @@ class GlomModel(PluginRobertaModel):
 
 
 def glom_defaults(args, **sizes):
-    """Preset sizes (options already set win), then GlomConfig's and RoBERTa's defaults."""
-    for key, value in {"dropout": 0.0, "attention_dropout": 0.0, "max_positions": 512, **sizes}.items():
-        if safe_getattr(args, key) is None:
-            setattr(args, key, value)
-    GlomModel.fill_defaults(args)
+    """GlomImpl's configs: no dropout, 512 positions."""
+    GlomModel.fill_defaults(args, dropout=0.0, attention_dropout=0.0, max_positions=512, **sizes)
 
 
 @register_model_architecture("glom", "glom_tiny")

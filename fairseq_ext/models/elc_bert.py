@@ -20,8 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
+from fairseq.models.roberta import RobertaEncoder
 
-from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
+from fairseq_ext.models._roberta_family import PluginRobertaModel, encoder_output
 from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
 from fairseq_ext.modules.layer_mixing import VARIANTS, LayerMixing
 from fairseq_ext.modules.relative_attention import RelativeAttention
@@ -188,9 +189,8 @@ class ElcLMHead(nn.Module):
         return 2.0 * d * d + 2.0 * d * self.weight.size(0)
 
 
-class ElcEncoder(FactorisedRobertaEncoder):
-    def build_embedding(self, vocab_size, embedding_dim, padding_idx):
-        return nn.Embedding(vocab_size, embedding_dim, padding_idx)
+class ElcEncoder(RobertaEncoder):
+    """RoBERTa's d-wide embedding; LTG-BERT's encoder and head."""
 
     def build_encoder(self, args, dictionary, embed_tokens):
         return ElcSentenceEncoder(args, dictionary, embed_tokens)

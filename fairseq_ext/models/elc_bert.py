@@ -24,7 +24,7 @@ from fairseq.models.roberta import RobertaEncoder
 
 from fairseq_ext.models._roberta_family import PluginRobertaModel, encoder_output
 from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
-from fairseq_ext.modules.layer_mixing import VARIANTS, LayerMixing
+from fairseq_ext.modules.layer_mixing import VARIANTS, LayerHistory, LayerMixing
 from fairseq_ext.modules.relative_attention import RelativeAttention
 
 ELC_VARIANTS = ("none",) + VARIANTS
@@ -142,16 +142,15 @@ class ElcSentenceEncoder(nn.Module):
         embedded = self.embed_tokens(src_tokens) if token_embeddings is None else token_embeddings
         h = self.dropout(self.embed_norm(embedded)).transpose(0, 1)  # (T, B, d)
         table = self.relative_norm(self.relative_table)  # (2K−1, d)
-        states = [h]
+        history = LayerHistory(h, len(self.layers) + 1, buffered=self.mixings is not None)
         for i, layer in enumerate(self.layers):
             if self.mixings is not None:
-                mixing = self.mixings[i]
-                h = (mixing.forward_reference if reference else mixing)(states)
+                h = history.mix(self.mixings[i], reference)
             h = layer(h, table, key_padding, reference)
-            states.append(h)
+            history.append(h)
         if self.output_mixing is not None:
-            h = (self.output_mixing.forward_reference if reference else self.output_mixing)(states)
-        return encoder_output(h.transpose(0, 1), padding_mask, states if return_all_hiddens else [])
+            h = history.mix(self.output_mixing, reference)
+        return encoder_output(h.transpose(0, 1), padding_mask, history.states if return_all_hiddens else [])
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token of the layers (GeGLU: d→2f and f→d) and the layer mixtures."""

@@ -1,4 +1,4 @@
-"""Training throughput of several fairseq architectures at one shape, side by side.
+r"""Training throughput of several fairseq architectures at one shape, side by side.
 
 Every arch (ours or stock fairseq's) is built through fairseq's own objects — the task from
 ``tasks.setup_task`` over a synthetic dictionary, ``task.build_model``, ``task.build_criterion``

@@ -1,4 +1,4 @@
-"""BLiMP minimal pairs scored by pseudo-log-likelihood, for any masked LM of this project.
+r"""BLiMP minimal pairs scored by pseudo-log-likelihood, for any masked LM of this project.
 
 Warstadt et al. 2020 (BLiMP, TACL); PLL as Salazar et al. 2020 ("Masked Language Model
 Scoring", ACL): mask each real token in turn and sum log p(true token | the rest). A pair is

@@ -9,6 +9,10 @@ per configuration), and ``benchmarks/results/<name>.json`` for docs/RESULTS.md.
 Interrupted comparisons resume: a run with a done-marker (``DONE.json``) for the same budget is
 not retrained; a half-done run restarts through fairseq's own ``checkpoint_last.pt``.
 
+A spec entry ``blimp: {path: ../shared/data/blimp-dev, limit: N}`` (masked LMs) also scores each
+run's ``checkpoint_last.pt`` on BLiMP with ``fairseq_ext.eval.blimp`` (pseudo-log-likelihood) and
+adds the accuracy to its row; the score is cached in the run dir for that checkpoint and setting.
+
     python benchmarks/compare.py --spec benchmarks/specs/pg_mini_roberta_small_cpu.yaml --max-update 150
 """
 import argparse
@@ -65,6 +69,8 @@ def load_spec(path: Path) -> dict:
     for run in spec["runs"]:
         if ("args" in run) == ("hydra" in run):
             raise ValueError(f"{path}: run {run['name']!r} needs exactly one of 'args' or 'hydra'")
+    if spec.get("blimp") is not None:
+        blimp_path(spec["blimp"])  # a wrong path fails here, not after hours of training
     return spec
 
 
@@ -245,7 +251,41 @@ def run_one(run: dict, spec: dict, data: str, budget: Dict[str, float], run_dir:
         if proc.returncode != 0:
             raise SystemExit(f"{run['name']} failed ({proc.returncode}); see {log}; re-run to resume")
     done.write_text(json.dumps({"budget": budget, "command": argv}, indent=1) + "\n")
-    return summarize(run["name"], argv, log.read_text(), run_dir / "checkpoints" / "checkpoint_last.pt", data)
+    checkpoint = run_dir / "checkpoints" / "checkpoint_last.pt"
+    row = summarize(run["name"], argv, log.read_text(), checkpoint, data)
+    if spec.get("blimp"):
+        row["blimp"] = blimp_accuracy(checkpoint, data, spec["blimp"], run_dir / "blimp.json")
+    return row
+
+
+def blimp_path(blimp: dict) -> Path:
+    """The spec's ``blimp.path`` (a .jsonl file or a directory of them; relative to the repo)."""
+    if not isinstance(blimp, dict) or "path" not in blimp:
+        raise ValueError(f"spec 'blimp' must be a mapping with 'path' (and optional 'limit'), got {blimp!r}")
+    path = Path(blimp["path"])
+    path = path if path.is_absolute() else REPO / path
+    if not path.exists():
+        raise FileNotFoundError(f"spec 'blimp.path': {path} does not exist")
+    return path
+
+
+def blimp_accuracy(checkpoint: Path, data: str, blimp: dict, out: Path) -> dict:
+    """BLiMP accuracy (overall, per field and per paradigm) of one trained run, scored in a
+    subprocess by ``fairseq_ext.eval.blimp``; reused while the checkpoint and setting are the same."""
+    path = blimp_path(blimp)
+    argv = [sys.executable, "-m", "fairseq_ext.eval.blimp", "--checkpoint-dir", str(checkpoint.parent),
+            "--checkpoint", checkpoint.name, "--data-dir", data, "--blimp", str(path), "--out", str(out)]
+    if blimp.get("limit"):
+        argv += ["--limit", str(blimp["limit"])]
+    key = {"command": argv[1:], "checkpoint_mtime": checkpoint.stat().st_mtime}
+    marker = out.with_suffix(".key.json")
+    if not (out.exists() and marker.exists() and json.loads(marker.read_text()) == key):
+        print(f"[compare] BLiMP: {' '.join(argv)}", file=sys.stderr, flush=True)
+        proc = subprocess.run(argv, cwd=REPO, env=worker_env(), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"BLiMP scoring of {checkpoint} failed:\n{proc.stderr[-3000:]}")
+        marker.write_text(json.dumps(key) + "\n")
+    return json.loads(out.read_text())
 
 
 def _finished(done: Path, log: Path, argv: List[str], budget: Dict[str, float]) -> bool:

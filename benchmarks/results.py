@@ -57,17 +57,29 @@ def throughput_table(result: dict) -> str:
 
 
 def compare_table(result: dict) -> str:
-    """One row per configuration of a side-by-side training comparison."""
+    """One row per configuration of a side-by-side training comparison; BLiMP columns (overall
+    accuracy with its pair count, then per field) when the spec scored BLiMP."""
+    fields = sorted({f for r in result["runs"] for f in r.get("blimp", {}).get("fields", {})})
+    blimp_head = " BLiMP % (pairs) |" + "".join(f" {f} % |" for f in fields) if fields else ""
     rows = ["| run | updates | wall s | train loss | valid loss | valid ppl | best valid loss | "
-            "FLOPs (analytic) | words/s |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "FLOPs (analytic) | words/s |" + blimp_head,
+            "|---|---|---|---|---|---|---|---|---|" + "---|" * (len(fields) + 1 if fields else 0)]
     for r in result["runs"]:
-        rows.append(
-            f"| {r['name']} | {_num(r.get('updates'))} | {_num(r.get('wall_s'), '{:,.1f}')} | "
-            f"{_num(r.get('train_loss'), '{:.3f}')} | {_num(r.get('valid_loss'), '{:.3f}')} | "
-            f"{_num(r.get('valid_ppl'), '{:,.2f}')} | {_num(r.get('best_valid_loss'), '{:.3f}')} | "
-            f"{_num(r.get('total_flops'), '{:.3g}')} | {_num(r.get('wps'))} |")
+        row = (f"| {r['name']} | {_num(r.get('updates'))} | {_num(r.get('wall_s'), '{:,.1f}')} | "
+               f"{_num(r.get('train_loss'), '{:.3f}')} | {_num(r.get('valid_loss'), '{:.3f}')} | "
+               f"{_num(r.get('valid_ppl'), '{:,.2f}')} | {_num(r.get('best_valid_loss'), '{:.3f}')} | "
+               f"{_num(r.get('total_flops'), '{:.3g}')} | {_num(r.get('wps'))} |")
+        if fields:
+            blimp = r.get("blimp") or {"overall": {}, "fields": {}}
+            overall = blimp["overall"]
+            row += f" {_percent(overall)} ({_num(overall.get('pairs'))}) |"
+            row += "".join(f" {_percent(blimp['fields'].get(f, {}))} |" for f in fields)
+        rows.append(row)
     return "\n".join(rows)
+
+
+def _percent(score: dict) -> str:
+    return _num(100 * score["accuracy"] if "accuracy" in score else None, "{:.1f}")
 
 
 def section(result: dict) -> str:

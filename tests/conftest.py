@@ -44,3 +44,13 @@ def classification_data(tiny_data, tiny_text, tmp_path_factory):
         run_fairseq(["fairseq-preprocess", "--only-source", "--trainpref", root / f"train.{field}",
                      "--validpref", root / f"valid.{field}", "--destdir", root / field, "--workers", "1", *extra])
     return root
+
+
+@pytest.fixture(scope="session")
+def blimp_sample(tmp_path_factory) -> Path:
+    """3 BLiMP pairs from each of 2 paradigms (different fields) of blimp-dev."""
+    root = tmp_path_factory.mktemp("blimp")
+    for name in ("adjunct_island", "irregular_past_participle_verbs"):
+        lines = (SHARED_DATA / "blimp-dev" / f"{name}.jsonl").read_text().splitlines()[:3]
+        (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    return root

@@ -93,7 +93,7 @@ def test_read_records_resume_drops_stale_and_sums_wall():
     assert c["wall_s"] == [10, 17] and c["flops"] == [2e9, 4e9]
 
 
-def _spec(tmp_path):
+def _spec(tmp_path, **extra):
     common = ["--task", "masked_lm", "--criterion", "masked_lm", "--cpu", "--num-workers", "0",
               "--tokens-per-sample", "32", "--sample-break-mode", "none", "--batch-size", "8",
               "--optimizer", "adam", "--lr", "1e-3", "--log-interval", "1",
@@ -101,7 +101,7 @@ def _spec(tmp_path):
     spec = {"name": "two_runs", "common": common, "runs": [
         {"name": "stock", "args": ["--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "64",
                                    "--encoder-ffn-embed-dim", "128", "--encoder-attention-heads", "2"]},
-        {"name": "ext", "args": ["--arch", "roberta_ext_baseline_tiny"]}]}
+        {"name": "ext", "args": ["--arch", "roberta_ext_baseline_tiny"]}], **extra}
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     return path
@@ -111,13 +111,18 @@ def _attempts(run_dir):
     return (run_dir / "train.log").read_text().count("=== compare.py")
 
 
-def test_compare_two_runs_plots_and_resumes(tiny_data, tmp_path):
+def test_compare_two_runs_plots_and_resumes(tiny_data, blimp_sample, tmp_path):
     work, out = tmp_path / "work", tmp_path / "results"
-    argv = ["--spec", str(_spec(tmp_path)), "--data", str(tiny_data), "--work-dir", str(work),
+    spec = _spec(tmp_path, blimp={"path": str(blimp_sample), "limit": 2})
+    argv = ["--spec", str(spec), "--data", str(tiny_data), "--work-dir", str(work),
             "--results-dir", str(out), "--no-docs"]
     first = compare.main([*argv, "--max-update", "6"])
     saved = json.loads((out / "two_runs.json").read_text())
     assert [r["name"] for r in saved["runs"]] == ["stock", "ext"]
+    for run in saved["runs"]:  # BLiMP of checkpoint_last.pt, 2 pairs of each of the 2 paradigms
+        assert run["blimp"]["overall"]["pairs"] == 4 and 0 <= run["blimp"]["overall"]["accuracy"] <= 1
+        assert sorted(run["blimp"]["fields"]) == ["morphology", "syntax"]
+    scored = {r["name"]: (work / r["name"] / "blimp.json").stat().st_mtime for r in saved["runs"]}
     for run in saved["runs"]:
         c = run["curve"]
         assert c["updates"] == [3, 6] and run["updates"] == 6
@@ -129,6 +134,7 @@ def test_compare_two_runs_plots_and_resumes(tiny_data, tmp_path):
         assert run["total_flops"] == pytest.approx(sum(float(r["gflop"]) * 1e9 for r in inner))
     rows = _table_rows(results.compare_table(saved))
     assert [r[0].strip() for r in rows] == ["stock", "ext"]
+    assert "BLiMP % (pairs)" in results.compare_table(saved) and all(r[9].strip().endswith("(4)") for r in rows)
     png = out / "two_runs.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
@@ -141,6 +147,7 @@ def test_compare_two_runs_plots_and_resumes(tiny_data, tmp_path):
     assert _attempts(work / "stock") == 1 and _attempts(work / "ext") == 1
     assert (work / "ext" / "DONE.json").exists()
     assert again["runs"] == first["runs"]
+    assert all((work / name / "blimp.json").stat().st_mtime == t for name, t in scored.items())  # not rescored
 
     # a larger budget continues both runs from fairseq's checkpoint_last.pt (updates 7..8 only)
     more = compare.main([*argv, "--max-update", "8"])
@@ -150,6 +157,14 @@ def test_compare_two_runs_plots_and_resumes(tiny_data, tmp_path):
         assert run["updates"] == 8 and run["curve"]["updates"][:2] == [3, 6]
         inner = json_log_records((work / run["name"] / "train.log").read_text())
         assert [int(r["num_updates"]) for r in inner] == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert (work / run["name"] / "blimp.json").stat().st_mtime > scored[run["name"]]  # new checkpoint: rescored
+
+
+def test_compare_spec_blimp_errors_name_the_key_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="blimp.path"):
+        compare.load_spec(_spec(tmp_path, blimp={"path": str(tmp_path / "nope")}))
+    with pytest.raises(ValueError, match="'blimp' must be a mapping with 'path'"):
+        compare.load_spec(_spec(tmp_path, blimp="../shared/data/blimp-dev"))
 
 
 LM = ["--task", "language_modeling", "--arch", "transformer_lm_gpt", "--criterion", "cross_entropy_flops",

@@ -5,17 +5,7 @@ import json
 
 import pytest
 
-from helpers import SHARED_DATA, USER_DIR, run_fairseq, run_python, tiny_train_args
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    """3 pairs from each of 2 paradigms (different fields)."""
-    root = tmp_path_factory.mktemp("blimp")
-    for name in ("adjunct_island", "irregular_past_participle_verbs"):
-        lines = (SHARED_DATA / "blimp-dev" / f"{name}.jsonl").read_text().splitlines()[:3]
-        (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    return root
+from helpers import USER_DIR, run_fairseq, run_python, tiny_train_args
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +19,12 @@ def checkpoints(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", ["elc", "roberta"])
-def test_command_writes_accuracies_and_counts(checkpoints, tiny_data, sample, tmp_path, model):
+def test_command_writes_accuracies_and_counts(checkpoints, tiny_data, blimp_sample, tmp_path, model):
     out = tmp_path / "results.json"
     code = f"""
 from fairseq_ext.eval import blimp
 blimp.main(["--checkpoint-dir", {str(checkpoints / model)!r}, "--checkpoint", "checkpoint_last.pt",
-            "--data-dir", {str(tiny_data)!r}, "--blimp", {str(sample)!r}, "--out", {str(out)!r},
+            "--data-dir", {str(tiny_data)!r}, "--blimp", {str(blimp_sample)!r}, "--out", {str(out)!r},
             "--user-dir", {USER_DIR!r}, "--max-tokens", "300"])
 """
     stdout = run_python(code).stdout

@@ -60,20 +60,20 @@ def compare_table(result: dict) -> str:
     """One row per configuration of a side-by-side training comparison; BLiMP columns (overall
     accuracy with its pair count, then per field) when the spec scored BLiMP."""
     fields = sorted({f for r in result["runs"] for f in r.get("blimp", {}).get("fields", {})})
-    blimp_head = " BLiMP % (pairs) |" + "".join(f" {f} % |" for f in fields) if fields else ""
+    blimp_columns = ["BLiMP % (pairs)"] + [f"{f} %" for f in fields] if fields else []
     rows = ["| run | updates | wall s | train loss | valid loss | valid ppl | best valid loss | "
-            "FLOPs (analytic) | words/s |" + blimp_head,
-            "|---|---|---|---|---|---|---|---|---|" + "---|" * (len(fields) + 1 if fields else 0)]
+            "FLOPs (analytic) | words/s |" + "".join(f" {c} |" for c in blimp_columns),
+            "|---|---|---|---|---|---|---|---|---|" + "---|" * len(blimp_columns)]
     for r in result["runs"]:
         row = (f"| {r['name']} | {_num(r.get('updates'))} | {_num(r.get('wall_s'), '{:,.1f}')} | "
                f"{_num(r.get('train_loss'), '{:.3f}')} | {_num(r.get('valid_loss'), '{:.3f}')} | "
                f"{_num(r.get('valid_ppl'), '{:,.2f}')} | {_num(r.get('best_valid_loss'), '{:.3f}')} | "
                f"{_num(r.get('total_flops'), '{:.3g}')} | {_num(r.get('wps'))} |")
         if fields:
-            blimp = r.get("blimp") or {"overall": {}, "fields": {}}
-            overall = blimp["overall"]
+            blimp = r.get("blimp", {})
+            overall = blimp.get("overall", {})
             row += f" {_percent(overall)} ({_num(overall.get('pairs'))}) |"
-            row += "".join(f" {_percent(blimp['fields'].get(f, {}))} |" for f in fields)
+            row += "".join(f" {_percent(blimp.get('fields', {}).get(f, {}))} |" for f in fields)
         rows.append(row)
     return "\n".join(rows)
 

@@ -4,16 +4,14 @@ and (for GLOM and ALBERT) the factorised embedding and head. Stock
 ``RobertaModel.from_pretrained``, ``fill_mask``, ``extract_features`` and ``sentence_prediction``
 heads work unchanged. Not a registered model.
 """
-from dataclasses import fields
-
 import torch
 import torch.nn as nn
-from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models.roberta import RobertaEncoder, RobertaModel
 from fairseq.models.roberta.model import base_architecture
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
 
+from fairseq_ext.models._common import add_config_args, fill_config_defaults
 from fairseq_ext.modules.autocast import bf16_autocast
 from fairseq_ext.modules.factorised import FactorisedLMHead
 from fairseq_ext.modules.inference_logits import special_symbol_ids, suppress_special_logits
@@ -57,19 +55,15 @@ class PluginRobertaModel(RobertaModel):
     @classmethod
     def add_args(cls, parser):
         RobertaModel.add_args(parser)
-        # no argparse defaults: arch presets fill what the user left unset (fill_defaults)
-        gen_parser_from_dataclass(parser, cls.config_class(), delete_default=True)
+        # no argparse defaults: arch presets fill what the user left unset (fill_defaults);
+        # booleans take a value (--bf16-autocast true/false), as in yaml
+        add_config_args(parser, cls.config_class)
 
     @classmethod
     def fill_defaults(cls, args, **preset):
         """An arch preset's values, then the config's and RoBERTa's defaults; options the
         user set win over all of them."""
-        for key, value in preset.items():
-            if safe_getattr(args, key) is None:
-                setattr(args, key, value)
-        for f in fields(cls.config_class):
-            if not f.name.startswith("_") and safe_getattr(args, f.name) is None:
-                setattr(args, f.name, f.default)
+        fill_config_defaults(args, cls.config_class, preset)
         base_architecture(args)
 
     @classmethod

@@ -6,22 +6,20 @@ layers (Lan et al. 2020, arXiv:1909.11942). The baseline GlomImpl compared GLOM 
 from dataclasses import dataclass, field
 
 import torch.nn as nn
-from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.modules import TransformerEncoderLayer
 
+from fairseq_ext.models._common import PluginConfig
 from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
-from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
 from fairseq_ext.modules.factorised import FactorisedEmbedding
 
 
 @dataclass
-class AlbertConfig(FairseqDataclass):
+class AlbertConfig(PluginConfig):
     """ALBERT options; sizes use fairseq's names (--encoder-layers = times the one layer runs)."""
 
     embedding_size: int = field(default=128, metadata={
         "help": "width E of the factorised token/position embedding (ALBERT section 3.1)"})
-    bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
 
 
 class AlbertSentenceEncoder(nn.Module):

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta import RobertaEncoder
 
+from fairseq_ext.models._common import PluginConfig
 from fairseq_ext.models._roberta_family import PluginRobertaModel, encoder_output
-from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
 from fairseq_ext.modules.layer_mixing import VARIANTS, LayerHistory, LayerMixing
 from fairseq_ext.modules.relative_attention import RelativeAttention
 
@@ -33,7 +32,7 @@ NO_DECAY_KEYS = ("bias", "norm", "embed", "relative_table", "layer_weights")
 
 
 @dataclass
-class ElcBertConfig(FairseqDataclass):
+class ElcBertConfig(PluginConfig):
     """ELC-BERT / LTG-BERT options (ltgoslo/elc-bert ``configs/{base,small}.json``); sizes use
     fairseq's names (--encoder-embed-dim, --encoder-layers, --encoder-ffn-embed-dim, ...)."""
 
@@ -45,7 +44,6 @@ class ElcBertConfig(FairseqDataclass):
     position_bucket_size: int = field(default=32, metadata={
         "help": "K: relative positions fall in 2K-1 log buckets, exact up to ±K/2 (LTG-BERT position_bucket_size)"})
     layer_norm_eps: float = field(default=1e-7, metadata={"help": "LayerNorm epsilon (configs/*.json layer_norm_eps)"})
-    bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
 
 
 def truncated_normal_(weight: torch.Tensor, std: float) -> None:

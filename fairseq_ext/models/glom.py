@@ -12,17 +12,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 
+from fairseq_ext.models._common import PluginConfig
 from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
-from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
 from fairseq_ext.modules.factorised import FactorisedEmbedding
 from fairseq_ext.modules.glom_step import AGGREGATIONS, LAYOUTS, GlomStep
 
 
 @dataclass
-class GlomConfig(FairseqDataclass):
+class GlomConfig(PluginConfig):
     """GLOM options; sizes use fairseq's names: --encoder-embed-dim d, --encoder-attention-heads
     L (levels), --encoder-layers t (time steps of the one shared layer)."""
 
@@ -39,7 +38,6 @@ class GlomConfig(FairseqDataclass):
         "help": "width E of the factorised token/position embedding (ALBERT; GlomImpl embedding_size)"})
     attention_temperature: float = field(default=1.0, metadata={
         "help": "tau multiplying the attention scores (GlomImpl attention_temperature)"})
-    bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
 
 
 class GlomSentenceEncoder(nn.Module):

@@ -14,13 +14,11 @@ here the same models come from subclasses of ``RobertaModel`` / ``RobertaEncoder
 * Zero-vector masking: ``<mask>`` is not a vocabulary row; its id (the vocabulary size) gives
   an exact zero input vector. Self-masking zeroes a random subset of inputs inside the model.
 """
-import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq.dataclass import FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta import RobertaEncoder, RobertaModel
 from fairseq.models.roberta.model import RobertaLMHead, base_architecture
@@ -31,8 +29,8 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr, safe_hasattr
 
 from fairseq_ext.modules.alibi import alibi_bias, alibi_slopes
+from fairseq_ext.models._common import PluginConfig, add_config_args, fill_config_defaults
 from fairseq_ext.models._roberta_family import PluginRobertaModel
-from fairseq_ext.modules.autocast import BF16_AUTOCAST_HELP
 from fairseq_ext.modules.biased_encoder_layer import BiasedEncoderLayer
 
 POSITIONS = ("learned", "sinusoidal", "none")
@@ -45,11 +43,11 @@ VERSION = 2
 
 
 @dataclass
-class RobertaExtConfig(FairseqDataclass):
+class RobertaExtConfig(PluginConfig):
     """Options added to stock RoBERTa's (which keep their fairseq names and meaning).
 
-    Booleans take an explicit value on the command line (``--clap-head True``), so every
-    option can be switched both ways and no name inverts its meaning.
+    Booleans take a value on the command line (``--clap-head true``), as every option of the
+    plugin (``fairseq_ext.models._common``), so each switches both ways.
     """
 
     alibi: bool = field(default=False, metadata={
@@ -64,6 +62,7 @@ class RobertaExtConfig(FairseqDataclass):
                 "section 4); 0 means 4 x --max-positions. Can be raised at load time "
                 "(from_pretrained(..., alibi_max_positions=N))"})
     positions: str = field(default="learned", metadata={
+        "choices": POSITIONS,
         "help": "token positions added to the input: learned (RoBERTa), sinusoidal (Vaswani "
                 "et al. 2017; EIFY/fairseq sinusoidal ablation) or none (with ALiBi)"})
     scale_embedding: bool = field(default=False, metadata={
@@ -90,32 +89,6 @@ class RobertaExtConfig(FairseqDataclass):
         "help": "self-masking: in training the model zeroes a Bernoulli(p) subset of the inputs "
                 "(EIFY/fairseq model mask_prob, zero_clap_self_masking.yaml); needs --zero-mask "
                 "and task masked_lm_ext with --mask-prob 0 so every token is a target"})
-    bf16_autocast: bool = field(default=False, metadata={"help": BF16_AUTOCAST_HELP})
-
-
-def option_fields():
-    """The options of RobertaExtConfig (FairseqDataclass's internal ``_name`` excluded)."""
-    return [f for f in fields(RobertaExtConfig) if not f.name.startswith("_")]
-
-
-def parse_bool(text: str) -> bool:
-    """Command-line booleans: True/False, true/false, yes/no, on/off or 1/0."""
-    value = {"true": True, "yes": True, "on": True, "1": True,
-             "false": False, "no": False, "off": False, "0": False}.get(text.strip().lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {text!r}")
-    return value
-
-
-def _argparse_kwargs(f) -> dict:
-    kwargs = {"help": f.metadata["help"]}
-    if f.type is bool:
-        kwargs.update(type=parse_bool, metavar="BOOL")
-    elif f.name == "positions":
-        kwargs.update(type=str, choices=POSITIONS)
-    else:
-        kwargs.update(type=f.type, metavar=f.type.__name__.upper())
-    return kwargs
 
 
 def model_vocab_size(args, dictionary) -> int:
@@ -281,6 +254,9 @@ class RobertaExtModel(PluginRobertaModel):
     """RoBERTa with the options of ``RobertaExtConfig``; see the module docstring. The forward
     (bf16 autocast, clean inference logits) is the plugin's common one."""
 
+    config_class = RobertaExtConfig
+    encoder_class = RobertaExtEncoder
+
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
         self.register_buffer("version", torch.tensor([VERSION]))
@@ -288,8 +264,7 @@ class RobertaExtModel(PluginRobertaModel):
     @classmethod
     def add_args(cls, parser):
         RobertaModel.add_args(parser)
-        for f in option_fields():
-            parser.add_argument("--" + f.name.replace("_", "-"), **_argparse_kwargs(f))
+        add_config_args(parser, RobertaExtConfig)
 
     @classmethod
     def build_model(cls, args, task):
@@ -346,9 +321,7 @@ def roberta_ext_base_architecture(args):
     """Defaults of RobertaExtConfig, mapped onto fairseq's own option names, then RoBERTa's."""
     args.l2norm_embedding = safe_getattr(args, "l2norm_embedding", safe_getattr(args, "clap_head", False))
     args.embed_layernorm = safe_getattr(args, "embed_layernorm", safe_getattr(args, "layernorm_embedding", True))
-    for f in option_fields():
-        if safe_getattr(args, f.name) is None:
-            setattr(args, f.name, f.default)
+    fill_config_defaults(args, RobertaExtConfig)
     args.no_token_positional_embeddings = args.positions == "none"
     args.encoder_learned_pos = args.positions == "learned"
     args.layernorm_embedding = args.embed_layernorm

@@ -62,7 +62,7 @@ def test_fast_encoder_matches_reference(task, variant):
 
 
 def test_variant_structure_and_init(task):
-    base = build(task, "elc_bert_base_tiny")
+    base = build(task, "elc_bert_tiny")
     assert [m.layer_weights.tolist() for m in base.encoder.sentence_encoder.mixings] == [[1.0], [0.0, 1.0], [0.0, 0.0, 1.0]]
     weighted = build(task, "elc_bert_weighted_output_tiny").encoder.sentence_encoder
     assert weighted.output_mixing.layer_weights.tolist() == [0.0] * 4
@@ -170,7 +170,7 @@ def test_sentence_prediction_finetunes_from_an_elc_checkpoint(trained, classific
 def test_length_switch_in_a_real_run(tiny_data, tmp_path):
     """Training on the small valid split (short epochs), max_update 40, long_after 0.4: the
     epochs that start after update 16 run at 4x length and 1/4 batch."""
-    argv = elc_train_args(tiny_data, tmp_path, "elc_bert_base_tiny", updates=40,
+    argv = elc_train_args(tiny_data, tmp_path, "elc_bert_tiny", updates=40,
                           extra=["--long-after", "0.4", "--train-subset", "valid", "--disable-validation", "--log-interval", "1"])
     argv = set_arg(set_arg(argv, "--tokens-per-sample", "16"), "--batch-size", "64")
     records = json_log_records(run_fairseq(argv).stdout)
@@ -186,3 +186,17 @@ def test_hydra_yaml_trains(tiny_data, tmp_path):
         "task.tokens_per_sample=32", "dataset.batch_size=8", "dataset.num_workers=0", "optimization.max_update=4",
         "common.cpu=true", f"checkpoint.save_dir={tmp_path}"], cwd=tmp_path)
     assert "done training" in proc.stdout + proc.stderr and (tmp_path / "checkpoint_last.pt").is_file()
+
+
+def test_renamed_archs_still_build_the_same_model(tmp_path):
+    """Checkpoints name their arch: the pre-rename elc_bert_base_<size> names stay registered
+    and give the model of the new name."""
+    for old, new in (("elc_bert_base_tiny", "elc_bert_tiny"), ("elc_bert_base_small", "elc_bert_small")):
+        a, b = Namespace(), Namespace()
+        ARCH_CONFIG_REGISTRY[old](a)
+        ARCH_CONFIG_REGISTRY[new](b)
+        assert vars(a) == vars(b) and b.elc_variant == "base"
+    assert ARCH_CONFIG_REGISTRY["elc_bert_base"] is not ARCH_CONFIG_REGISTRY["elc_bert_small"]
+    c = Namespace()
+    ARCH_CONFIG_REGISTRY["elc_bert_base"](c)
+    assert (c.elc_variant, c.encoder_embed_dim) == ("base", 768)

@@ -10,7 +10,7 @@ ltgoslo/elc-bert) feeds each layer a learned softmax mixture of all earlier laye
 LTG-BERT. States inside the encoder are sequence-first (T, B, d) as in the original.
 
     fairseq-train DATA --user-dir fairseq_ext --task elc_span_masked_lm --criterion elc_masked_lm \
-        --arch elc_bert_base_small --optimizer lamb_elc --lr-scheduler elc_cosine ...
+        --arch elc_bert_small --optimizer lamb_elc --lr-scheduler elc_cosine ...
 """
 import math
 from dataclasses import dataclass, field
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq.models import register_model, register_model_architecture
+from fairseq.models import register_model
 from fairseq.models.roberta import RobertaEncoder
 
-from fairseq_ext.models._common import PluginConfig
+from fairseq_ext.models._common import PluginConfig, register_presets
 from fairseq_ext.models._roberta_family import PluginRobertaModel, encoder_output
 from fairseq_ext.modules.layer_mixing import VARIANTS, LayerHistory, LayerMixing
 from fairseq_ext.modules.relative_attention import RelativeAttention
@@ -221,11 +221,6 @@ class ElcBertModel(PluginRobertaModel):
         return [m.weights().detach() for m in mixings]
 
 
-def elc_defaults(args, variant, **sizes):
-    """Variant and preset sizes (options already set win), then the config's and RoBERTa's defaults."""
-    ElcBertModel.fill_defaults(args, elc_variant=variant, dropout=0.1, attention_dropout=0.1, max_positions=4096, **sizes)
-
-
 SIZES = {
     "tiny": dict(encoder_embed_dim=32, encoder_layers=3, encoder_attention_heads=4, encoder_ffn_embed_dim=64),
     # configs/small.json
@@ -235,14 +230,20 @@ SIZES = {
 }
 
 
-def _register(arch_name, variant, size):
-    def preset(args):
-        elc_defaults(args, variant, **SIZES[size])
-    preset.__doc__ = f"{arch_name}: variant {variant}, size {size} {SIZES[size]}"
-    register_model_architecture("elc_bert", arch_name)(preset)
+def arch_name(variant: str, size: str) -> str:
+    """``ltg_bert_<size>`` (no weighting), ``elc_bert_<size>`` (the 'base' variant, the paper's
+    ELC-BERT) and ``elc_bert_<variant>_<size>``: no name mixes a variant with a size name."""
+    if variant == "none":
+        return f"ltg_bert_{size}"
+    return f"elc_bert_{size}" if variant == "base" else f"elc_bert_{variant}_{size}"
 
 
-for _size in SIZES:
-    _register(f"ltg_bert_{_size}", "none", _size)
-    for _variant in VARIANTS:
-        _register(f"elc_bert_{_variant}_{_size}", _variant, _size)
+PRESETS = {arch_name(variant, size): dict(elc_variant=variant, **dims)
+           for size, dims in SIZES.items() for variant in ELC_VARIANTS}
+# names before the rename (checkpoints name their arch): elc_bert_base_<size> -> elc_bert_<size>
+RENAMED = {f"elc_bert_base_{size}": f"elc_bert_{size}" for size in SIZES}
+
+register_presets("elc_bert", PRESETS,
+                 lambda args, **preset: ElcBertModel.fill_defaults(
+                     args, dropout=0.1, attention_dropout=0.1, max_positions=4096, **preset),
+                 aliases=RENAMED)

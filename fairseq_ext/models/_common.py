@@ -48,7 +48,7 @@ def add_config_args(parser, config_class) -> None:
     then the config fill what the user left unset, ``fill_config_defaults``)."""
     for f in option_fields(config_class):
         flag = "--" + f.name.replace("_", "-")
-        kwargs = {"help": f.metadata.get("help", ""), "default": None}
+        kwargs = {"help": f.metadata.get("help", "")}
         if f.type is bool:
             kwargs.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
         elif f.metadata.get("choices"):

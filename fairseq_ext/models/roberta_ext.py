@@ -29,7 +29,7 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr, safe_hasattr
 
 from fairseq_ext.modules.alibi import alibi_bias, alibi_slopes
-from fairseq_ext.models._common import PluginConfig, add_config_args, fill_config_defaults
+from fairseq_ext.models._common import PluginConfig, add_config_args, fill_config_defaults, register_presets
 from fairseq_ext.models._roberta_family import PluginRobertaModel
 from fairseq_ext.modules.biased_encoder_layer import BiasedEncoderLayer
 
@@ -346,109 +346,13 @@ VARIANTS = {
 }
 
 
-def _preset(args, variant: str, size: str):
-    """Fill a variant's and a size's defaults (options already set win), then the rest."""
-    for key, value in {**SIZES[size], **VARIANTS[variant]}.items():
+def fill_preset(args, **preset):
+    """A preset's values (options already set win), then the defaults of everything else."""
+    for key, value in preset.items():
         if safe_getattr(args, key) is None:
             setattr(args, key, value)
     roberta_ext_base_architecture(args)
 
 
-@register_model_architecture("roberta_ext", "roberta_ext_baseline_tiny")
-def roberta_ext_baseline_tiny(args):
-    _preset(args, "baseline", "tiny")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_baseline_small")
-def roberta_ext_baseline_small(args):
-    _preset(args, "baseline", "small")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_baseline_base")
-def roberta_ext_baseline_base(args):
-    _preset(args, "baseline", "base")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_baseline_large")
-def roberta_ext_baseline_large(args):
-    _preset(args, "baseline", "large")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_learned_clap_tiny")
-def roberta_ext_learned_clap_tiny(args):
-    _preset(args, "learned_clap", "tiny")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_learned_clap_small")
-def roberta_ext_learned_clap_small(args):
-    _preset(args, "learned_clap", "small")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_learned_clap_base")
-def roberta_ext_learned_clap_base(args):
-    _preset(args, "learned_clap", "base")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_learned_clap_large")
-def roberta_ext_learned_clap_large(args):
-    _preset(args, "learned_clap", "large")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_alibi_tiny")
-def roberta_ext_alibi_tiny(args):
-    _preset(args, "alibi", "tiny")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_alibi_small")
-def roberta_ext_alibi_small(args):
-    _preset(args, "alibi", "small")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_alibi_base")
-def roberta_ext_alibi_base(args):
-    _preset(args, "alibi", "base")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_alibi_large")
-def roberta_ext_alibi_large(args):
-    _preset(args, "alibi", "large")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_zero_clap_tiny")
-def roberta_ext_zero_clap_tiny(args):
-    _preset(args, "zero_clap", "tiny")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_zero_clap_small")
-def roberta_ext_zero_clap_small(args):
-    _preset(args, "zero_clap", "small")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_zero_clap_base")
-def roberta_ext_zero_clap_base(args):
-    _preset(args, "zero_clap", "base")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_zero_clap_large")
-def roberta_ext_zero_clap_large(args):
-    _preset(args, "zero_clap", "large")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_sinusoidal_tiny")
-def roberta_ext_sinusoidal_tiny(args):
-    _preset(args, "sinusoidal", "tiny")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_sinusoidal_small")
-def roberta_ext_sinusoidal_small(args):
-    _preset(args, "sinusoidal", "small")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_sinusoidal_base")
-def roberta_ext_sinusoidal_base(args):
-    _preset(args, "sinusoidal", "base")
-
-
-@register_model_architecture("roberta_ext", "roberta_ext_sinusoidal_large")
-def roberta_ext_sinusoidal_large(args):
-    _preset(args, "sinusoidal", "large")
+register_presets("roberta_ext", {f"roberta_ext_{variant}_{size}": {**SIZES[size], **VARIANTS[variant]}
+                                 for variant in VARIANTS for size in SIZES}, fill_preset)

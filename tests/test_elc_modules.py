@@ -88,6 +88,19 @@ def test_param_groups_follow_no_weight_decay_tags():
     assert [(g["params"], g["weight_decay"]) for g in groups] == [([a], 0.1), ([b], 0.0)]
 
 
+def test_lamb_elc_refuses_parameters_without_tags_as_fp16_hands_them():
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+
+    a, b = torch.nn.Parameter(torch.ones(2).half()), torch.nn.Parameter(torch.ones(3).half())
+    a.no_weight_decay, b.no_weight_decay = False, True
+    unflattened = FP16Optimizer.build_fp32_params(None, [a, b], flatten=False)  # flatten=True needs CUDA
+    flattened = [torch.nn.Parameter(torch.cat([a.float(), b.float()]))]  # what flatten=True hands over
+    for fp32_copies in (unflattened, flattened):
+        with pytest.raises(ValueError, match="--fp16"):
+            decay_groups(fp32_copies, 0.1)
+    assert len(decay_groups([a, b], 0.1)) == 2  # the tagged parameters themselves still work
+
+
 def test_cosine_schedule_values():
     assert lr_multiplier(0, 16, 1000, 0.1) == 0.0
     assert lr_multiplier(8, 16, 1000, 0.1) == 0.5

@@ -70,6 +70,13 @@ def decay_groups(params, weight_decay):
     params = list(params)
     if params and isinstance(params[0], dict):
         return params
+    if params and not any(hasattr(p, "no_weight_decay") for p in params):
+        raise ValueError(
+            "--optimizer lamb_elc: no parameter carries the no_weight_decay tag, so the "
+            "original's no-decay group would be lost. Under --fp16 / --memory-efficient-fp16 "
+            "fairseq's FP16Optimizer hands the optimizer flattened fp32 copies without the tags: "
+            "train lamb_elc in fp32 (or with --bf16-autocast true on a GPU); with another model "
+            "than elc_bert, use --optimizer lamb")
     decay = [p for p in params if not getattr(p, "no_weight_decay", False)]
     no_decay = [p for p in params if getattr(p, "no_weight_decay", False)]
     return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]

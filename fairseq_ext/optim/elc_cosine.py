@@ -1,6 +1,10 @@
 """``elc_cosine``: linear warmup, then cosine decay with a floor (ELC-BERT
 ``cosine_schedule_with_warmup``): multiplier = step/warmup during warmup, then
-max(min_factor, min_factor + (1 - min_factor)·½(1 + cos(π·progress)))."""
+max(min_factor, min_factor + (1 - min_factor)·½(1 + cos(π·progress))).
+
+The schedule is a function of --max-update (warmup length and cosine period), as in the
+original: resuming with another --max-update reshapes the rest of the curve from that update on
+(the lr jumps to the new curve's value); keep --max-update to continue the same schedule."""
 import math
 from dataclasses import dataclass, field
 from typing import List
@@ -13,7 +17,9 @@ from omegaconf import II
 @dataclass
 class ElcCosineConfig(FairseqDataclass):
     warmup_fraction: float = field(default=0.016, metadata={
-        "help": "warmup lasts floor(warmup_fraction x max_update) updates (original: 1.6%%)"})
+        "help": "warmup lasts floor(warmup_fraction x max_update) updates (original: 1.6%%). The "
+                "whole schedule follows --max-update: a resumed run with another --max-update "
+                "continues on the new curve, not the old one"})
     min_factor: float = field(default=0.1, metadata={"help": "floor of the lr multiplier (original min_factor 0.1)"})
     max_update: int = II("optimization.max_update")
     lr: List[float] = II("optimization.lr")

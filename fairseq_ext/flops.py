@@ -20,6 +20,7 @@ from typing import Optional
 import torch.nn as nn
 
 TRAINING_FACTOR = 3.0  # forward + backward (≈ 2 × forward)
+DEFAULT_MASK_PROB = 0.15  # fairseq's --mask-prob: the share of tokens a masked LM's head scores
 
 
 def transformer_flops_per_token(layers: int, embed_dim: int, ffn_dim: int, vocab: int,
@@ -39,12 +40,15 @@ def _stack_shape(layers: nn.ModuleList):
     return len(layers), first.fc1.in_features, first.fc1.out_features
 
 
-def model_flops_per_token(model: nn.Module, seq_len: int, mask_prob: float = 0.15) -> Optional[float]:
-    """Training FLOPs per token of ``model``: its own ``flops_per_token`` if it has one, the
-    stock formula for fairseq's RoBERTa and transformer LMs, else None (unknown)."""
+def model_flops_per_token(model: nn.Module, seq_len: int, mask_prob: float = DEFAULT_MASK_PROB) -> Optional[float]:
+    """Training FLOPs per token of ``model``: its own ``flops_per_token`` if it has one (a masked
+    LM's told the share ``mask_prob`` of tokens its head scores), the stock formula for fairseq's
+    RoBERTa and transformer LMs, else None (unknown)."""
+    from fairseq.models.roberta import RobertaModel
+
     own = getattr(model, "flops_per_token", None)
     if callable(own):
-        return float(own(seq_len))
+        return float(own(seq_len, mask_prob) if isinstance(model, RobertaModel) else own(seq_len))
     encoder = getattr(getattr(model, "encoder", None), "sentence_encoder", None)
     if encoder is not None and hasattr(encoder, "layers"):  # RobertaModel
         L, d, f = _stack_shape(encoder.layers)

@@ -201,12 +201,16 @@ def test_input_longer_than_the_limit_is_a_clear_error():
         model(torch.full((1, 129), 5))
 
 
-def test_flops_per_token():
+def test_flops_follow_mask_prob():
+    """The head's cost scales with the share of tokens it scores (--mask-prob), except with
+    self-masking where every token is a target."""
+    from fairseq_ext.flops import model_flops_per_token
+
     model = build("roberta_ext_baseline_tiny")
-    d, f, vocab, layers, seq = 64, 128, len(VOCAB) + 5, 2, 32
-    expected = 3 * (layers * (8 * d * d + 4 * seq * d + 4 * d * f) + 0.15 * (2 * d * d + 2 * d * vocab))
-    assert model.flops_per_token(seq) == pytest.approx(expected)
-    assert build("roberta_ext_learned_clap_tiny").flops_per_token(seq) < expected
+    low, high = model_flops_per_token(model, 32, 0.15), model_flops_per_token(model, 32, 0.3)
+    assert high > low
+    assert model_flops_per_token(model, 32, 0.45) - high == pytest.approx(high - low)
+    assert build("roberta_ext_learned_clap_tiny").flops_per_token(32) < low  # no dense head layer
 
 
 def test_masked_lm_ext_keeps_mask_out_of_the_dictionary():

@@ -11,13 +11,11 @@ from fairseq.models.roberta.model import base_architecture
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
 
+from fairseq_ext.flops import DEFAULT_MASK_PROB
 from fairseq_ext.models._common import add_config_args, fill_config_defaults
 from fairseq_ext.modules.autocast import bf16_autocast
 from fairseq_ext.modules.factorised import FactorisedLMHead
 from fairseq_ext.modules.inference_logits import special_symbol_ids, suppress_special_logits
-
-# Share of tokens the MLM head scores in training (fairseq's --mask-prob default).
-PREDICTED_FRACTION = 0.15
 
 
 def encoder_output(x: torch.Tensor, padding_mask: torch.Tensor, states) -> dict:
@@ -91,9 +89,9 @@ class PluginRobertaModel(RobertaModel):
             x = suppress_special_logits(x, self.special_ids)
         return x, extra
 
-    def flops_per_token(self, seq_len: int) -> float:
+    def flops_per_token(self, seq_len: int, mask_prob: float = DEFAULT_MASK_PROB) -> float:
         """Training FLOPs per token (3 x forward): embedding projection, the encoder, and the
-        head on the predicted positions only."""
+        head on the predicted positions only (a share ``mask_prob`` of the tokens)."""
         encoder = self.encoder.sentence_encoder
-        forward = encoder.flops_per_token(seq_len) + PREDICTED_FRACTION * self.encoder.lm_head.flops_per_token()
+        forward = encoder.flops_per_token(seq_len) + mask_prob * self.encoder.lm_head.flops_per_token()
         return 3.0 * forward

@@ -29,15 +29,13 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr, safe_hasattr
 
 from fairseq_ext.modules.alibi import alibi_bias, alibi_slopes
+from fairseq_ext.flops import DEFAULT_MASK_PROB
 from fairseq_ext.models._common import PluginConfig, add_config_args, fill_config_defaults, register_presets
 from fairseq_ext.models._roberta_family import PluginRobertaModel
 from fairseq_ext.modules.biased_encoder_layer import BiasedEncoderLayer
 
 POSITIONS = ("learned", "sinusoidal", "none")
 MASK_SYMBOL = "<mask>"
-# Fraction of tokens the LM head projects in training (fairseq's default --mask-prob), used
-# only by ``flops_per_token``.
-PREDICTED_FRACTION = 0.15
 # Checkpoint format of this model: 1 = the stub (stock RoBERTa under this name), 2 = now.
 VERSION = 2
 
@@ -281,15 +279,15 @@ class RobertaExtModel(PluginRobertaModel):
             OmegaConf.set_struct(args, True)
         return cls(args, encoder)
 
-    def flops_per_token(self, seq_len: int) -> float:
+    def flops_per_token(self, seq_len: int, mask_prob: float = DEFAULT_MASK_PROB) -> float:
         """Training FLOPs per token (3 x forward; matmuls 2mnk). Attention: 4 projections
         (8d^2) plus scores and weighted sum (4Td) per layer; FFN 4df; the LM head runs on the
-        predicted positions only (15%, or all of them with self-masking)."""
+        predicted positions only (a share mask_prob, or all of them with self-masking)."""
         a = self.args
         d, f = a.encoder_embed_dim, a.encoder_ffn_embed_dim
         layer = 8 * d * d + 4 * seq_len * d + 4 * d * f
         head = 2 * d * self.encoder.vocab_size + (0 if a.clap_head else 2 * d * d)
-        fraction = 1.0 if a.self_mask_prob > 0 else PREDICTED_FRACTION
+        fraction = 1.0 if a.self_mask_prob > 0 else mask_prob
         return 3.0 * (a.encoder_layers * layer + fraction * head)
 
     def upgrade_state_dict_named(self, state_dict, name):

@@ -49,3 +49,14 @@ assert all(x < 0 for x in batched)
 print("OK")
 """
     assert "OK" in run_python(code).stdout
+
+
+def test_both_spellings_of_syntax_semantics_are_one_field():
+    """BLiMP's data spells one field ``syntax/semantics`` and ``syntax_semantics``."""
+    from fairseq_ext.eval import blimp
+
+    pairs = [{"UID": "a", "field": "syntax/semantics"}, {"UID": "b", "field": "syntax_semantics"},
+             {"UID": "c", "field": "syntax"}]
+    result = blimp.accuracies(pairs, good=[1.0, 0.0, 1.0], bad=[0.0, 1.0, 0.0])
+    assert result["fields"] == {"syntax": {"accuracy": 1.0, "pairs": 1},
+                                "syntax_semantics": {"accuracy": 0.5, "pairs": 2}}

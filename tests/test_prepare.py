@@ -64,6 +64,34 @@ def test_rerun_reuses_and_force_rebuilds(tmp_path, tiny_text, caplog):
     assert (out / "train.bin").stat().st_mtime_ns != mtime
 
 
+def test_rerun_with_another_vocab_size_rebuilds(tmp_path, tiny_text):
+    """A changed option must not be lost by reusing the old sentencepiece model (issue 10)."""
+    out = tmp_path / "out"
+    base = ["--train", tiny_text / "valid.txt", "--out", out, "--workers", 1]
+    run(*base, "--vocab-size", 200)
+    spm_200, dict_200 = (out / "sentencepiece.bpe.model").read_bytes(), (out / "dict.txt").read_text()
+    run(*base, "--vocab-size", 300)
+    spm_300, dict_300 = (out / "sentencepiece.bpe.model").read_bytes(), (out / "dict.txt").read_text()
+    assert spm_300 != spm_200 and dict_300 != dict_200
+    assert len(dict_300.splitlines()) == 300 - 3  # sentencepiece's <unk> <s> </s> are not listed
+    mtime = (out / "train.bin").stat().st_mtime_ns
+    run(*base, "--vocab-size", 300)
+    assert (out / "sentencepiece.bpe.model").read_bytes() == spm_300
+    assert (out / "train.bin").stat().st_mtime_ns == mtime
+
+
+def test_changed_input_content_rebuilds(tmp_path, tiny_text):
+    text = tmp_path / "train.txt"
+    text.write_bytes((tiny_text / "valid.txt").read_bytes())
+    out = tmp_path / "out"
+    args = ["--train", text, "--out", out, "--vocab-size", 200, "--workers", 1]
+    run(*args)
+    spm_before = (out / "sentencepiece.bpe.model").read_bytes()
+    text.write_bytes((tiny_text / "train.txt").read_bytes()[:50_000])
+    run(*args)
+    assert (out / "sentencepiece.bpe.model").read_bytes() != spm_before
+
+
 @pytest.mark.parametrize("make_input, message", [
     (lambda d: d / "missing.txt", "--train: no such file or directory"),
     (lambda d: (d / "empty.txt").write_text("\n \n") and d / "empty.txt", "--train: the input is empty"),

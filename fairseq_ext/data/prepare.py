@@ -12,7 +12,9 @@ The sentencepiece model is trained on the train split (or reused), the dictionar
 from its vocabulary in fairseq's ``dict.txt`` format (so masked-LM and LM tasks accept it), and
 ``fairseq-preprocess --only-source`` writes ``{train,valid,test}.{bin,idx}``. The output
 directory also holds ``sentencepiece.bpe.model``, the name ``RobertaModel.from_pretrained``
-picks up by itself. Running the command again with the same inputs reuses everything.
+picks up by itself. Running the command again with the same inputs and options reuses
+everything; ``prepare.json`` records what an output was built from (options, sha256 of every
+input), and any difference rebuilds (the sentencepiece model only when its own inputs differ).
 """
 import argparse
 import hashlib
@@ -157,15 +159,30 @@ def binarize(text_dir: Path, splits: Sequence[str], out_dir: Path, workers: int)
     preprocess.main(args)
 
 
-def input_signature(split_paths: Dict[str, List[Path]], args) -> str:
-    """Hash of the inputs (names, sizes, mtimes) and options, to decide whether to redo work."""
-    items = {"vocab": args.vocab_size, "errors": args.encoding_errors, "spm": str(args.spm_model)}
-    for split, paths in split_paths.items():
-        for path in paths:
-            for file in list_input_files(path, f"--{split}"):
-                st = file.stat()
-                items[str(file.resolve())] = [split, st.st_size, st.st_mtime_ns]
-    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_record(split_paths: Dict[str, List[Path]], args) -> Dict:
+    """The options and input contents (sha256) an output is built from, stored in prepare.json.
+
+    ``spm`` is what the sentencepiece model depends on (vocab size, --spm-model's content or the
+    train text), ``all`` everything the binaries depend on. A re-run rebuilds whatever differs, so
+    a changed option (e.g. --vocab-size) is never lost by reusing an old model."""
+    inputs = {split: {str(file.resolve()): file_sha256(file)
+                      for path in paths for file in list_input_files(path, f"--{split}")}
+              for split, paths in split_paths.items()}
+    options = {"encoding_errors": args.encoding_errors}
+    if args.spm_model:
+        load_sentencepiece(Path(args.spm_model))  # fails early, naming --spm-model
+        spm = {"spm_model": file_sha256(Path(args.spm_model))}
+    else:
+        spm = {"vocab_size": args.vocab_size, "encoding_errors": args.encoding_errors, "train": inputs["train"]}
+    return {"spm": spm, "all": {"options": options, "spm": spm, "inputs": inputs}}
 
 
 def resolve_splits(args) -> Dict[str, List[Path]]:
@@ -185,32 +202,32 @@ def resolve_splits(args) -> Dict[str, List[Path]]:
 def prepare(args) -> Path:
     out_dir = Path(args.out)
     split_paths = resolve_splits(args)
-    signature = input_signature(split_paths, args)
+    record = build_record(split_paths, args)
     stamp = out_dir / STAMP_FILE
-    if not args.force and stamp.exists() and json.loads(stamp.read_text()).get("signature") == signature:
+    spm_file = out_dir / SPM_FILE
+    previous = json.loads(stamp.read_text()).get("built_from", {}) if stamp.exists() else {}
+    if not args.force and previous == record["all"] and spm_file.exists():
         logger.info("%s is up to date; reusing it (--force to rebuild)", out_dir)
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     documents = {s: read_documents(p, f"--{s}", args.encoding_errors) for s, p in split_paths.items()}
-    spm_file = out_dir / SPM_FILE
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp = Path(tmp)
         if args.spm_model:
-            load_sentencepiece(Path(args.spm_model))  # fails early, naming --spm-model
             if Path(args.spm_model).resolve() != spm_file.resolve():
                 shutil.copyfile(args.spm_model, spm_file)
-        elif args.force or not spm_file.exists():
+        elif args.force or not spm_file.exists() or previous.get("spm") != record["spm"]:
             logger.info("training sentencepiece (vocab %d) on %d documents", args.vocab_size, len(documents["train"]))
             train_sentencepiece(documents["train"], args.vocab_size, spm_file, tmp)
         else:
-            logger.info("reusing %s", spm_file)
+            logger.info("reusing %s (built from the same train text and options)", spm_file)
         sp = load_sentencepiece(spm_file)
         counts = Counter()
         for split, docs in documents.items():
             encode_split(sp, docs, tmp / split, counts if split == "train" else Counter())
         write_dictionary(sp, counts, out_dir / "dict.txt")
         binarize(tmp, list(documents), out_dir, args.workers)
-    stamp.write_text(json.dumps({"signature": signature, "vocab_size": sp.get_piece_size(),
+    stamp.write_text(json.dumps({"built_from": record["all"], "vocab_size": sp.get_piece_size(),
                                  "documents": {s: len(d) for s, d in documents.items()}}, indent=1))
     logger.info("wrote %s", out_dir)
     return out_dir

@@ -106,13 +106,18 @@ def first_per_paradigm(pairs: List[dict], limit: int) -> List[dict]:
     return kept
 
 
+def field_name(pair: dict) -> str:
+    """BLiMP's data spells one field both ``syntax/semantics`` and ``syntax_semantics``: one name."""
+    return pair.get("field", "unknown").replace("/", "_")
+
+
 def accuracies(pairs: List[dict], good: List[float], bad: List[float]) -> Dict:
     """Accuracy per paradigm (UID), per field and overall, with pair counts."""
     per_paradigm, per_field = defaultdict(list), defaultdict(list)
     for pair, g, b in zip(pairs, good, bad):
         hit = float(g > b)
         per_paradigm[pair.get("UID", "unknown")].append(hit)
-        per_field[pair.get("field", "unknown")].append(hit)
+        per_field[field_name(pair)].append(hit)
     summary = lambda hits: {"accuracy": sum(hits) / len(hits), "pairs": len(hits)}
     paradigms = {k: summary(v) for k, v in sorted(per_paradigm.items())}
     return {"overall": summary([h for v in per_paradigm.values() for h in v]),

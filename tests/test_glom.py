@@ -52,6 +52,16 @@ def test_bad_options_fail_at_build_time_naming_the_option(tiny_data, extra, mess
         build(tiny_data, "glom_tiny", *extra)
 
 
+@pytest.mark.parametrize("arch, embedding_eps, head_eps", [
+    ("glom_tiny", 1e-12, 1e-5),  # GlomImpl: GlomEmbeddings config.layer_norm_eps, GlomMLMHead torch default
+    ("albert_tiny", 1e-12, 1e-12),  # HF ALBERT: layer_norm_eps for both
+])
+def test_layer_norm_eps_is_the_originals(tiny_data, arch, embedding_eps, head_eps):
+    model, _ = build(tiny_data, arch)
+    assert model.encoder.sentence_encoder.embedding.layer_norm.eps == embedding_eps
+    assert model.encoder.lm_head.layer_norm.eps == head_eps
+
+
 def test_initial_state_and_all_hiddens(tiny_data):
     model, task = build(tiny_data, "glom_tiny")
     model.eval()

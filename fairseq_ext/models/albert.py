@@ -14,6 +14,11 @@ from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginR
 from fairseq_ext.modules.factorised import FactorisedEmbedding
 
 
+# HF ALBERT's layer_norm_eps (albert-base-v2), for the embedding and the MLM head alike; the
+# shared FactorisedLMHead's default.
+LAYER_NORM_EPS = 1e-12
+
+
 @dataclass
 class AlbertConfig(PluginConfig):
     """ALBERT options; sizes use fairseq's names (--encoder-layers = times the one layer runs)."""
@@ -32,7 +37,8 @@ class AlbertSentenceEncoder(nn.Module):
             raise ValueError(f"--encoder-layers must be at least 1, got {args.encoder_layers}")
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
-        self.embedding = FactorisedEmbedding(embed_tokens, args.max_positions, self.padding_idx, args.dropout)
+        self.embedding = FactorisedEmbedding(embed_tokens, args.max_positions, self.padding_idx, args.dropout,
+                                             LAYER_NORM_EPS)
         self.project = nn.Linear(args.embedding_size, args.encoder_embed_dim)
         self.shared_layer = TransformerEncoderLayer(args)
         self.repeats = args.encoder_layers

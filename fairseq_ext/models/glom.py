@@ -20,6 +20,12 @@ from fairseq_ext.modules.factorised import FactorisedEmbedding
 from fairseq_ext.modules.glom_step import AGGREGATIONS, LAYOUTS, GlomStep
 
 
+# GlomImpl's LayerNorm eps: GlomEmbeddings uses config.layer_norm_eps (1e-12 in its configs),
+# GlomMLMHead a bare nn.LayerNorm(embedding_size), i.e. torch's 1e-5 (ALGORITHMS.md §1).
+EMBEDDING_LAYER_NORM_EPS = 1e-12
+HEAD_LAYER_NORM_EPS = 1e-5
+
+
 @dataclass
 class GlomConfig(PluginConfig):
     """GLOM options; sizes use fairseq's names: --encoder-embed-dim d, --encoder-attention-heads
@@ -49,7 +55,8 @@ class GlomSentenceEncoder(nn.Module):
             raise ValueError(f"GLOM needs at least one time step (--encoder-layers), got {args.encoder_layers}")
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
-        self.embedding = FactorisedEmbedding(embed_tokens, args.max_positions, self.padding_idx, args.dropout)
+        self.embedding = FactorisedEmbedding(embed_tokens, args.max_positions, self.padding_idx, args.dropout,
+                                             EMBEDDING_LAYER_NORM_EPS)
         self.step = GlomStep(args.encoder_embed_dim, args.encoder_attention_heads, args.glom_aggregation,
                              args.glom_level_layout, args.attention_temperature)
         self.time_steps = args.encoder_layers
@@ -79,6 +86,12 @@ class GlomSentenceEncoder(nn.Module):
 
 
 class GlomEncoder(FactorisedRobertaEncoder):
+    def build_lm_head(self, embed_dim, output_dim, activation_fn, weight):
+        """The shared head with GlomMLMHead's LN eps (torch's default, not the embedding's)."""
+        head = super().build_lm_head(embed_dim, output_dim, activation_fn, weight)
+        head.layer_norm.eps = HEAD_LAYER_NORM_EPS
+        return head
+
     @property
     def head_input_dim(self):
         return self.args.encoder_embed_dim // self.args.encoder_attention_heads  # level 0

@@ -11,10 +11,11 @@ from fairseq.modules import PositionalEmbedding
 
 
 class FactorisedEmbedding(nn.Module):
-    """e = Dropout(LN_E(W_tok[x] + W_pos[p])): (B, T) ids -> (B, T, E)."""
+    """e = Dropout(LN_E(W_tok[x] + W_pos[p])): (B, T) ids -> (B, T, E). The LN eps is the
+    family's own (its original's)."""
 
     def __init__(self, embed_tokens: nn.Embedding, max_positions: int, padding_idx: int, dropout: float,
-                 layer_norm_eps: float = 1e-12):
+                 layer_norm_eps: float):
         super().__init__()
         self.embed_tokens = embed_tokens
         width = embed_tokens.embedding_dim

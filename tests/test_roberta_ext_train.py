@@ -137,3 +137,15 @@ def test_sentence_prediction_finetunes_from_each_checkpoint(trained, classificat
 
 def trained_arch(name):
     return "roberta_ext_zero_clap_tiny" if name == ZERO_CLAP_EXT else f"roberta_ext_{name}_tiny"
+
+
+def test_omit_mask_without_zero_mask_is_refused_at_build_time(tiny_data, tmp_path):
+    """--omit-mask gives <mask> the id len(dict); a model without --zero-mask has no such row."""
+    argv = tiny_train_args(tiny_data, tmp_path, arch="roberta_ext_baseline_tiny", updates=2)
+    argv[argv.index("masked_lm")] = "masked_lm_ext"  # the --task value (the criterion stays)
+    with pytest.raises(AssertionError) as failed:
+        run_fairseq(argv + ["--omit-mask"])
+    output = str(failed.value)
+    assert "--omit-mask keeps <mask> out of the dictionary, so it needs a model with --zero-mask true" in output
+    assert "roberta_ext_baseline_tiny has no zero mask" in output
+    assert "train_inner" not in output and "IndexError" not in output

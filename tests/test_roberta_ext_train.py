@@ -104,7 +104,7 @@ def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path, recipe):
     proc = run_fairseq([
         "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", recipe,
         f"task.data={tiny_data}", f"common.user_dir={USER_DIR}", "model._name=roberta_ext_zero_clap_tiny",
-        f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}", "task.sample_break_mode=none",
+        f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}",
         "dataset.batch_size=16", "dataset.num_workers=0", "optimization.update_freq=[1]",
         "optimization.max_update=20", "optimization.lr=[0.001]", "lr_scheduler.warmup_updates=5",
         "lr_scheduler.lr_period_updates=40", "common.cpu=true", "common.log_interval=2",
@@ -149,3 +149,19 @@ def test_omit_mask_without_zero_mask_is_refused_at_build_time(tiny_data, tmp_pat
     assert "--omit-mask keeps <mask> out of the dictionary, so it needs a model with --zero-mask true" in output
     assert "roberta_ext_baseline_tiny has no zero mask" in output
     assert "train_inner" not in output and "IndexError" not in output
+
+
+def test_hydra_recipe_validates_at_a_short_tokens_per_sample(tiny_data, tmp_path):
+    """The recipe's own break mode at tokens_per_sample 64 (wikitext lines are longer): every
+    train and valid sample fits the model (none is one token too long once <s> is prepended)."""
+    proc = run_fairseq([
+        "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", "baseline",
+        f"task.data={tiny_data}", f"common.user_dir={USER_DIR}", "model._name=roberta_ext_baseline_tiny",
+        f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}", "model.bf16_autocast=false",
+        "dataset.batch_size=16", "dataset.num_workers=0", "optimization.update_freq=[1]",
+        "optimization.max_update=2", "lr_scheduler.warmup_updates=1", "lr_scheduler.lr_period_updates=4",
+        "dataset.validate_interval_updates=2", "common.cpu=true", "common.log_interval=1",
+        f"checkpoint.save_dir={tmp_path}"], cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert json_log_records(output, prefix="*") and "valid_loss" in output
+    assert "skipped" not in output  # fairseq drops over-long training samples with a warning

@@ -99,15 +99,18 @@ def test_reloaded_checkpoint_reproduces_the_validation_loss(trained, tiny_data, 
     assert float(validated[0]["valid_loss"]) == pytest.approx(state["extra_state"]["val_loss"], abs=2e-3)
 
 
-@pytest.mark.parametrize("recipe", ["zero_clap", "zero_clap_self_masking"])
-def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path, recipe):
+@pytest.mark.parametrize("recipe, schedule", [
+    ("zero_clap", "lr_scheduler.lr_period_updates=40"),  # cosine (the Pile recipes)
+    ("zero_clap_self_masking", "lr_scheduler.total_num_update=40"),  # polynomial decay (WikiText-103)
+])
+def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path, recipe, schedule):
     proc = run_fairseq([
         "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", recipe,
         f"task.data={tiny_data}", f"common.user_dir={USER_DIR}", "model._name=roberta_ext_zero_clap_tiny",
         f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}",
         "dataset.batch_size=16", "dataset.num_workers=0", "optimization.update_freq=[1]",
         "optimization.max_update=20", "optimization.lr=[0.001]", "lr_scheduler.warmup_updates=5",
-        "lr_scheduler.lr_period_updates=40", "common.cpu=true", "common.log_interval=2",
+        schedule, "common.cpu=true", "common.log_interval=2",
         f"checkpoint.save_dir={tmp_path}"], cwd=tmp_path)  # hydra writes outputs/ into cwd
     # hydra logs "[time][train_inner][INFO] - {...}": take every JSON record with a "loss"
     losses = [float(r["loss"]) for r in json_log_records(proc.stdout + proc.stderr, prefix="*") if "loss" in r]

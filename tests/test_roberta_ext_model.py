@@ -178,6 +178,37 @@ def test_stub_era_checkpoint_loads_with_identical_outputs():
     assert model.version.item() == 2
 
 
+@pytest.mark.parametrize("stored_version", [None, 1])
+def test_previous_format_checkpoint_is_recognised_and_upgraded(tmp_path, caplog, stored_version):
+    """A state dict saved without the version buffer, or with version 1, is read as version 1,
+    upgraded, and gives the saved model's outputs."""
+    task = _task()
+    saved = build("roberta_ext_zero_clap_tiny", task)
+    state = saved.state_dict()
+    del state["version"]
+    if stored_version is not None:
+        state["version"] = torch.tensor([stored_version])
+    torch.save({"model": state}, tmp_path / "old.pt")
+    torch.manual_seed(1)
+    args = Namespace(arch="roberta_ext_zero_clap_tiny", max_positions=32)
+    ARCH_CONFIG_REGISTRY["roberta_ext_zero_clap_tiny"](args)
+    model = RobertaExtModel.build_model(args, task).eval()  # other random weights
+    with caplog.at_level("INFO", logger="fairseq_ext.models.roberta_ext"):
+        model.load_state_dict(torch.load(tmp_path / "old.pt")["model"], strict=True, model_cfg=None)
+    assert "from format version 1 to 2" in caplog.text
+    assert model.version.item() == 2
+    tokens = _tokens(task)
+    torch.testing.assert_close(model(tokens)[0], saved(tokens)[0])
+
+
+def test_newer_format_checkpoint_is_refused():
+    model = build("roberta_ext_baseline_tiny")
+    state = model.state_dict()
+    state["version"] = torch.tensor([3])
+    with pytest.raises(ValueError, match="format version 3"):
+        model.load_state_dict(state, strict=True, model_cfg=None)
+
+
 @pytest.mark.parametrize("overrides, option", [
     (dict(arch="roberta_ext_alibi_tiny", positions="learned"), "--positions"),
     (dict(arch="roberta_ext_baseline_tiny", positions="rotary"), "--positions"),

@@ -99,15 +99,18 @@ def test_reloaded_checkpoint_reproduces_the_validation_loss(trained, tiny_data, 
     assert float(validated[0]["valid_loss"]) == pytest.approx(state["extra_state"]["val_loss"], abs=2e-3)
 
 
-@pytest.mark.parametrize("recipe", ["zero_clap", "zero_clap_self_masking"])
-def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path, recipe):
+@pytest.mark.parametrize("recipe, schedule", [
+    ("zero_clap", "lr_scheduler.lr_period_updates=40"),  # cosine (the Pile recipes)
+    ("zero_clap_self_masking", "lr_scheduler.total_num_update=40"),  # polynomial decay (WikiText-103)
+])
+def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path, recipe, schedule):
     proc = run_fairseq([
         "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", recipe,
         f"task.data={tiny_data}", f"common.user_dir={USER_DIR}", "model._name=roberta_ext_zero_clap_tiny",
-        f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}", "task.sample_break_mode=none",
+        f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}",
         "dataset.batch_size=16", "dataset.num_workers=0", "optimization.update_freq=[1]",
         "optimization.max_update=20", "optimization.lr=[0.001]", "lr_scheduler.warmup_updates=5",
-        "lr_scheduler.lr_period_updates=40", "common.cpu=true", "common.log_interval=2",
+        schedule, "common.cpu=true", "common.log_interval=2",
         f"checkpoint.save_dir={tmp_path}"], cwd=tmp_path)  # hydra writes outputs/ into cwd
     # hydra logs "[time][train_inner][INFO] - {...}": take every JSON record with a "loss"
     losses = [float(r["loss"]) for r in json_log_records(proc.stdout + proc.stderr, prefix="*") if "loss" in r]
@@ -137,3 +140,31 @@ def test_sentence_prediction_finetunes_from_each_checkpoint(trained, classificat
 
 def trained_arch(name):
     return "roberta_ext_zero_clap_tiny" if name == ZERO_CLAP_EXT else f"roberta_ext_{name}_tiny"
+
+
+def test_omit_mask_without_zero_mask_is_refused_at_build_time(tiny_data, tmp_path):
+    """--omit-mask gives <mask> the id len(dict); a model without --zero-mask has no such row."""
+    argv = tiny_train_args(tiny_data, tmp_path, arch="roberta_ext_baseline_tiny", updates=2)
+    argv[argv.index("masked_lm")] = "masked_lm_ext"  # the --task value (the criterion stays)
+    with pytest.raises(AssertionError) as failed:
+        run_fairseq(argv + ["--omit-mask"])
+    output = str(failed.value)
+    assert "--omit-mask keeps <mask> out of the dictionary, so it needs a model with --zero-mask true" in output
+    assert "roberta_ext_baseline_tiny has no zero mask" in output
+    assert "train_inner" not in output and "IndexError" not in output
+
+
+def test_hydra_recipe_validates_at_a_short_tokens_per_sample(tiny_data, tmp_path):
+    """The recipe's own break mode at tokens_per_sample 64 (wikitext lines are longer): every
+    train and valid sample fits the model (none is one token too long once <s> is prepended)."""
+    proc = run_fairseq([
+        "fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "roberta_ext", "--config-name", "baseline",
+        f"task.data={tiny_data}", f"common.user_dir={USER_DIR}", "model._name=roberta_ext_baseline_tiny",
+        f"model.max_positions={TRAIN_LEN}", f"task.tokens_per_sample={TRAIN_LEN}", "model.bf16_autocast=false",
+        "dataset.batch_size=16", "dataset.num_workers=0", "optimization.update_freq=[1]",
+        "optimization.max_update=2", "lr_scheduler.warmup_updates=1", "lr_scheduler.lr_period_updates=4",
+        "dataset.validate_interval_updates=2", "common.cpu=true", "common.log_interval=1",
+        f"checkpoint.save_dir={tmp_path}"], cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert json_log_records(output, prefix="*") and "valid_loss" in output
+    assert "skipped" not in output  # fairseq drops over-long training samples with a warning

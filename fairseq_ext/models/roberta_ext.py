@@ -14,6 +14,7 @@ here the same models come from subclasses of ``RobertaModel`` / ``RobertaEncoder
 * Zero-vector masking: ``<mask>`` is not a vocabulary row; its id (the vocabulary size) gives
   an exact zero input vector. Self-masking zeroes a random subset of inputs inside the model.
 """
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,8 @@ from fairseq_ext.flops import DEFAULT_MASK_PROB
 from fairseq_ext.models._common import PluginConfig, add_config_args, fill_config_defaults, register_presets
 from fairseq_ext.models._roberta_family import PluginRobertaModel
 from fairseq_ext.modules.biased_encoder_layer import BiasedEncoderLayer
+
+logger = logging.getLogger(__name__)
 
 POSITIONS = ("learned", "sinusoidal", "none")
 MASK_SYMBOL = "<mask>"
@@ -291,9 +294,17 @@ class RobertaExtModel(PluginRobertaModel):
         return 3.0 * (a.encoder_layers * layer + fraction * head)
 
     def upgrade_state_dict_named(self, state_dict, name):
-        """Version 1 (the stub: stock RoBERTa layers) has the same parameter names; it only
-        lacks the version buffer."""
+        """Read the checkpoint's format version (no buffer: version 1, the stub) before
+        recording the current one, so old checkpoints are recognised and newer ones refused.
+        Version 1 (stock RoBERTa layers) has the same parameter names: nothing to rename."""
         prefix = name + "." if name else ""
+        stored = state_dict.get(prefix + "version")
+        found = 1 if stored is None else int(stored.item())
+        if found > VERSION:
+            raise ValueError(f"roberta_ext checkpoint of format version {found}: this code reads "
+                             f"versions up to {VERSION}; update fairseq_ext")
+        if found < VERSION:
+            logger.info("upgrading a roberta_ext checkpoint from format version %d to %d", found, VERSION)
         state_dict[prefix + "version"] = torch.tensor([VERSION])
         super().upgrade_state_dict_named(state_dict, name)
 

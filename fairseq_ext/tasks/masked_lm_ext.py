@@ -18,6 +18,7 @@ from fairseq.data import (
 )
 from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
+from fairseq.utils import safe_getattr
 
 MASK_SYMBOL = "<mask>"
 
@@ -62,6 +63,16 @@ class MaskedLMExtTask(MaskedLMTask):
         if cfg.omit_mask:
             dictionary = OutOfVocabMaskDictionary.from_dictionary(dictionary)
         super().__init__(cfg, dictionary)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        """With --omit-mask the mask id is len(dict), no embedding row: only a zero-mask
+        model reads it (others fail mid-training with an IndexError)."""
+        model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.omit_mask and not safe_getattr(getattr(model, "args", None), "zero_mask", False):
+            raise ValueError("--omit-mask keeps <mask> out of the dictionary, so it needs a "
+                             "model with --zero-mask true (e.g. a roberta_ext_zero_clap_* arch); "
+                             f"--arch {safe_getattr(cfg, 'arch', safe_getattr(cfg, '_name'))} has no zero mask")
+        return model
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         if self.cfg.mask_prob > 0:

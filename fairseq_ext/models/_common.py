@@ -58,12 +58,17 @@ def add_config_args(parser, config_class) -> None:
         parser.add_argument(flag, **kwargs)
 
 
+def fill_unset(args, values: Mapping) -> None:
+    """Options the user left unset (None) take these values; options set win."""
+    for key, value in values.items():
+        if safe_getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def fill_config_defaults(args, config_class, preset: Optional[Mapping] = None) -> None:
     """Options the user left unset take the preset's value, then the config's default;
     booleans given as text (``--clap-head True`` in an old command) become booleans."""
-    for key, value in (preset or {}).items():
-        if safe_getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_unset(args, preset or {})
     for f in option_fields(config_class):
         value = safe_getattr(args, f.name)
         if value is None:

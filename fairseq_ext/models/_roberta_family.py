@@ -26,9 +26,10 @@ def encoder_output(x: torch.Tensor, padding_mask: torch.Tensor, states) -> dict:
 
 class FactorisedRobertaEncoder(RobertaEncoder):
     """RobertaEncoder with an E-wide token table and the factorised head; subclasses give
-    ``build_encoder`` and ``head_input_dim``."""
+    ``build_encoder``, ``head_layer_norm_eps`` (their original's) and ``head_input_dim``."""
 
     head_input_dim = None  # features the head reads (default: all of them)
+    head_layer_norm_eps = None  # eps of the head's LayerNorm: each family states its original's
 
     def build_embedding(self, vocab_size, embedding_dim, padding_idx):
         return nn.Embedding(vocab_size, self.args.embedding_size, padding_idx)
@@ -36,7 +37,7 @@ class FactorisedRobertaEncoder(RobertaEncoder):
     def build_lm_head(self, embed_dim, output_dim, activation_fn, weight):
         if weight is None:
             raise ValueError("--untie-weights-roberta is not supported: the head is tied to the factorised embedding")
-        return FactorisedLMHead(self.head_input_dim or embed_dim, weight)
+        return FactorisedLMHead(self.head_input_dim or embed_dim, weight, self.head_layer_norm_eps)
 
 
 class PluginRobertaModel(RobertaModel):

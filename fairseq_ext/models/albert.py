@@ -14,8 +14,7 @@ from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginR
 from fairseq_ext.modules.factorised import FactorisedEmbedding
 
 
-# HF ALBERT's layer_norm_eps (albert-base-v2), for the embedding and the MLM head alike; the
-# shared FactorisedLMHead's default.
+# HF ALBERT's layer_norm_eps (albert-base-v2), for the embedding and the MLM head alike.
 LAYER_NORM_EPS = 1e-12
 
 
@@ -61,6 +60,8 @@ class AlbertSentenceEncoder(nn.Module):
 
 
 class AlbertEncoder(FactorisedRobertaEncoder):
+    head_layer_norm_eps = LAYER_NORM_EPS
+
     def build_encoder(self, args, dictionary, embed_tokens):
         return AlbertSentenceEncoder(args, dictionary, embed_tokens)
 

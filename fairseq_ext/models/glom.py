@@ -86,11 +86,7 @@ class GlomSentenceEncoder(nn.Module):
 
 
 class GlomEncoder(FactorisedRobertaEncoder):
-    def build_lm_head(self, embed_dim, output_dim, activation_fn, weight):
-        """The shared head with GlomMLMHead's LN eps (torch's default, not the embedding's)."""
-        head = super().build_lm_head(embed_dim, output_dim, activation_fn, weight)
-        head.layer_norm.eps = HEAD_LAYER_NORM_EPS
-        return head
+    head_layer_norm_eps = HEAD_LAYER_NORM_EPS
 
     @property
     def head_input_dim(self):

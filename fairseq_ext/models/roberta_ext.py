@@ -31,7 +31,8 @@ from fairseq.utils import safe_getattr, safe_hasattr
 
 from fairseq_ext.modules.alibi import alibi_bias, alibi_slopes
 from fairseq_ext.flops import DEFAULT_MASK_PROB
-from fairseq_ext.models._common import PluginConfig, add_config_args, fill_config_defaults, register_presets
+from fairseq_ext.models._common import (PluginConfig, add_config_args, fill_config_defaults, fill_unset,
+                                        register_presets)
 from fairseq_ext.models._roberta_family import PluginRobertaModel
 from fairseq_ext.modules.biased_encoder_layer import BiasedEncoderLayer
 
@@ -277,7 +278,7 @@ class RobertaExtModel(PluginRobertaModel):
         if not safe_hasattr(args, "max_positions"):
             args.max_positions = safe_getattr(args, "tokens_per_sample", task.max_positions())
         validate_args(args)
-        encoder = RobertaExtEncoder(args, task.source_dictionary)
+        encoder = cls.encoder_class(args, task.source_dictionary)
         if OmegaConf.is_config(args):
             OmegaConf.set_struct(args, True)
         return cls(args, encoder)
@@ -357,9 +358,7 @@ VARIANTS = {
 
 def fill_preset(args, **preset):
     """A preset's values (options already set win), then the defaults of everything else."""
-    for key, value in preset.items():
-        if safe_getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_unset(args, preset)
     roberta_ext_base_architecture(args)
 
 

@@ -32,7 +32,7 @@ class FactorisedLMHead(nn.Module):
     """logits = W_tok · LN_E(gelu(W_o f[..., :in_dim] + b_o)) + b_V (ALBERT's MLM head; GLOM reads
     only level 0, the first ``in_dim`` features). Only masked positions are scored in training."""
 
-    def __init__(self, in_dim: int, weight: nn.Parameter, layer_norm_eps: float = 1e-12):
+    def __init__(self, in_dim: int, weight: nn.Parameter, layer_norm_eps: float):
         super().__init__()
         self.in_dim = in_dim
         vocab, width = weight.shape

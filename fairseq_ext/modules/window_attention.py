@@ -1,0 +1,98 @@
+"""Strictly causal sliding-window attention with unit-normalised queries and keys (Meliad).
+
+Transformer-XL (Dai et al. 2019) with a sliding window as in google-research/meliad
+(``transformer_layer.py``, ``attention.py``): a segment of L tokens is split into windows of W;
+window w attends from its W queries to 2W keys, the previous window's and its own, and a token
+attends to the W tokens before it but never to itself. The first window's "previous window" is
+the cache carried from the last segment (zeros at a document start, and not masked: Meliad's
+zero keys act as attention sinks). Queries and keys are unit-normalised; the logits are
+a_h·(q̂·k̂ + b_h[bucket]) with a learned per-head scale a_h and the T5 bias b added before the
+scale. Without a cache (``xl_cache=False``, Meliad's ``use_long_xl_architecture=False``) the
+segment is one window and a row with no key attends to a null logit (Meliad's "safe softmax").
+
+``sliding_window_attention`` is the fast path (all windows of a segment in one SDPA call);
+``sliding_window_attention_reference`` the readable loop over windows with an explicit softmax.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+NULL_LOGIT = -1000.0  # Meliad's safe softmax: an extra logit so that a fully masked row attends to nothing
+
+
+def unit_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x·rsqrt(‖x‖² + eps) over the last dimension (Meliad ``normalize_keys``)."""
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+
+
+def allowed_keys(num_queries: int, num_keys: int, window: int, device) -> torch.Tensor:
+    """(T, S) bool: query i (aligned to the last T of S keys) may attend key j iff 1 <= i' - j <= W."""
+    distance = torch.arange(num_keys - num_queries, num_keys, device=device)[:, None] \
+        - torch.arange(num_keys, device=device)[None, :]
+    return (distance >= 1) & (distance <= window)
+
+
+def logit_bias(scale: torch.Tensor, bias: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """(H, T, S): a_h·b_h where allowed, -inf elsewhere (added to (a_h·q̂)·k̂)."""
+    return (scale[:, None, None] * bias).masked_fill(~allowed, float("-inf"))
+
+
+def with_null_key(keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor):
+    """Prepend a zero key and value whose logit is NULL_LOGIT. keys: (..., S, D), bias: (H, T, S)."""
+    zeros = keys.new_zeros(*keys.shape[:-2], 1, keys.shape[-1])
+    null = bias.new_full((*bias.shape[:-1], 1), NULL_LOGIT)
+    return torch.cat([zeros, keys], -2), torch.cat([zeros, values], -2), torch.cat([null, bias], -1)
+
+
+def attend(q, keys, values, bias, dropout_p: float = 0.0) -> torch.Tensor:
+    """SDPA of pre-scaled queries q (N, H, T, D) over (N, H, S, D) with an additive (H, T, S) bias."""
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, scale=1.0)
+
+
+def _windows(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, L, D) -> (B, H, L/W, W, D)."""
+    B, H, L, D = x.shape
+    return x.view(B, H, L // window, window, D)
+
+
+def sliding_window_attention(q, k, v, prev: Optional[Tuple[torch.Tensor, torch.Tensor]], scale, bias,
+                             window: int, dropout_p: float = 0.0) -> torch.Tensor:
+    """q, k, v: (B, H, L, D), q and k unit-normalised, L a multiple of W; prev: the (k, v) of the W
+    tokens before the segment, (B, H, W, D), or None for no cache (then L == W); scale: (H,);
+    bias: (H, W, 2W) for a cache, (H, W, W) without (then every window is on its own, as a
+    segment without cache). Returns (B, H, L, D)."""
+    B, H, L, D = q.shape
+    n = L // window
+    qw, kw, vw = (_windows(t, window) for t in (q * scale.view(1, H, 1, 1), k, v))  # (B, H, n, W, D)
+    if prev is None:
+        keys, values = kw, vw
+        mask = logit_bias(scale, bias, allowed_keys(window, window, window, q.device))
+        keys, values, mask = with_null_key(keys, values, mask)
+    else:
+        keys = torch.cat([torch.cat([prev[0].unsqueeze(2), kw[:, :, :-1]], 2), kw], 3)  # (B, H, n, 2W, D)
+        values = torch.cat([torch.cat([prev[1].unsqueeze(2), vw[:, :, :-1]], 2), vw], 3)
+        mask = logit_bias(scale, bias, allowed_keys(window, 2 * window, window, q.device))
+    per_window = lambda t: t.transpose(1, 2).reshape(B * n, H, *t.shape[-2:])  # (B·n, H, ·, D)
+    out = attend(per_window(qw), per_window(keys), per_window(values), mask, dropout_p)
+    return out.view(B, n, H, window, D).transpose(1, 2).reshape(B, H, L, D)
+
+
+def sliding_window_attention_reference(q, k, v, prev, scale, bias, window: int) -> torch.Tensor:
+    """The same, one window at a time with an explicit softmax (no dropout)."""
+    B, H, L, D = q.shape
+    outputs = []
+    for start in range(0, L, window):
+        qw, kw, vw = (t[:, :, start:start + window] for t in (q, k, v))
+        if prev is None:
+            keys, values = kw, vw
+        else:
+            keys, values = torch.cat([prev[0], kw], 2), torch.cat([prev[1], vw], 2)
+        logits = scale.view(1, H, 1, 1) * (qw @ keys.transpose(-1, -2) + bias)
+        logits = logits.masked_fill(~allowed_keys(window, keys.shape[2], window, q.device), float("-inf"))
+        if prev is None:
+            logits = torch.cat([logits.new_full((*logits.shape[:-1], 1), NULL_LOGIT), logits], -1)
+            values = torch.cat([values.new_zeros(B, H, 1, D), values], 2)
+        outputs.append(torch.softmax(logits, -1) @ values)
+        prev = None if prev is None else (kw, vw)
+    return torch.cat(outputs, 2)

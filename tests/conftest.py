@@ -54,3 +54,22 @@ def blimp_sample(tmp_path_factory) -> Path:
         lines = (SHARED_DATA / "blimp-dev" / f"{name}.jsonl").read_text().splitlines()[:3]
         (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def book_data(tmp_path_factory) -> Path:
+    """Long documents for the long-document LMs: 6 train, 2 valid and 3 test 'books' (slices of
+    the bundled pg-sample), prepared with a 500-piece sentencepiece vocabulary."""
+    from fairseq_ext.data import prepare
+
+    root = tmp_path_factory.mktemp("books")
+    books = sorted((Path(__file__).resolve().parents[1] / "examples" / "data" / "pg-sample" / "train").glob("*.txt"))
+    layout = {"train": [(b, 0, 6000) for b in books[:6]], "valid": [(books[6], 0, 3000), (books[7], 0, 2000)],
+              "test": [(books[6], 20000, 4000), (books[7], 20000, 1500), (books[0], 50000, 150)]}
+    for split, slices in layout.items():
+        for i, (book, start, size) in enumerate(slices):
+            (root / "raw" / split).mkdir(parents=True, exist_ok=True)
+            (root / "raw" / split / f"{i}.txt").write_text(book.read_text(encoding="utf-8")[start:start + size])
+    out = root / "bin"
+    prepare.main(["--input", str(root / "raw"), "--out", str(out), "--vocab-size", "500", "--workers", "1"])
+    return out

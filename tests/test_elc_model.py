@@ -51,7 +51,7 @@ def test_fast_encoder_matches_reference(task, variant):
     fast = encoder(tokens, return_all_hiddens=True)
     ref = encoder(tokens, return_all_hiddens=True, reference=True)
     torch.testing.assert_close(fast["encoder_out"][0], ref["encoder_out"][0], atol=1e-5, rtol=1e-4)
-    assert len(fast["encoder_states"]) == 4  # h_0 .. h_3
+    assert len(fast["encoder_states"]) == 4 + (variant == "weighted_output")  # h_0 .. h_3 (+ the output mixture)
     # gradients too: the fast mixtures read a buffer whose later rows are written after them
     probe = torch.randn_like(fast["encoder_out"][0])
     params = [p for p in encoder.parameters() if p.requires_grad]
@@ -72,6 +72,86 @@ def test_variant_structure_and_init(task):
     stds = [layer.ffn.fc1.weight.std().item() for layer in big.encoder.sentence_encoder.layers]
     expected = [(2 / (5 * 128)) ** 0.5 * (1 / (2 * (i + 1))) ** 0.5 * 0.88 for i in range(3)]  # 0.88: ±2σ truncation
     assert stds == pytest.approx(expected, rel=0.05)
+
+
+def test_each_weight_is_initialised_once_with_the_originals_init(task, monkeypatch):
+    """No BERT init over the model (RobertaModel's, build_model's) and no second pass: every
+    matrix gets one truncated normal, as the original's modules initialise themselves."""
+    import fairseq.models.roberta.model as roberta_model
+
+    drawn, bert_inits = [], []
+    trunc_normal = torch.nn.init.trunc_normal_
+    monkeypatch.setattr(torch.nn.init, "trunc_normal_", lambda t, *a, **k: drawn.append(t) or trunc_normal(t, *a, **k))
+    monkeypatch.setattr(roberta_model, "init_bert_params", lambda module: bert_inits.append(module))
+    model = build(task, "elc_bert_weighted_output_tiny")
+    assert bert_inits == []
+    matrices = [p for name, p in model.named_parameters() if p.dim() == 2]
+    assert sorted(map(id, drawn)) == sorted(map(id, matrices))  # each exactly once (the tied head weight too)
+
+
+def test_head_init_is_the_originals(task):
+    """MaskClassifier.initialize: dense weight truncated normal σ = sqrt(2/(5d)) cut at ±2σ, zero biases."""
+    d = 512
+    head = build(task, "ltg_bert_tiny", encoder_embed_dim=d, encoder_ffn_embed_dim=64).encoder.lm_head
+    sigma = (2 / (5 * d)) ** 0.5
+    weight = head.dense.weight.detach()
+    assert weight.abs().max().item() <= 2 * sigma
+    assert weight.abs().max().item() > 1.9 * sigma  # the cut, not a narrower normal (init_bert_params: σ 0.02)
+    assert weight.std().item() == pytest.approx(0.8796 * sigma, rel=0.02)  # std of N(0, σ) cut at ±2σ
+    assert weight.mean().abs().item() < 0.01 * sigma
+    assert not head.dense.bias.any() and not head.bias.any()
+
+
+def test_build_is_deterministic_for_a_seed(task):
+    def weights(seed):
+        torch.manual_seed(seed)
+        return build(task, "elc_bert_zero_tiny").state_dict()
+
+    a, b, c = weights(5), weights(5), weights(6)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["encoder.lm_head.dense.weight"], c["encoder.lm_head.dense.weight"])
+
+
+def dropped(module, x, *args):
+    """Whether ``module`` in training mode changes its output (some dropout is active)."""
+    module.eval()
+    reference = module(x, *args)
+    module.train()
+    return not torch.equal(module(x, *args), reference)
+
+
+@pytest.mark.parametrize("dropout, attention_dropout", [(0.0, 0.5), (0.5, 0.0)])
+def test_attention_uses_the_attention_dropout_rate_and_the_rest_dropout(task, dropout, attention_dropout):
+    """The original's Attention has one Dropout(attention_probs_dropout_prob) for the relative
+    table, the probabilities and the output; embedding, FFN and head use hidden_dropout_prob."""
+    torch.manual_seed(0)
+    model = build(task, "ltg_bert_tiny", dropout=dropout, attention_dropout=attention_dropout)
+    encoder = model.encoder.sentence_encoder
+    attention = encoder.layers[0].attention
+    x, table = torch.randn(9, 2, 32), torch.randn(*encoder.relative_table.shape)
+    attention_active = attention_dropout > 0
+    assert dropped(attention, x, table) == attention_active
+    # relative table: a dropped entry gets no gradient (row K-1 is distance 0, used by every query)
+    attention.train()
+    table.requires_grad_(True)
+    (attention(x, table) * torch.randn(9, 2, 32)).sum().backward()  # a plain sum has no gradient through the LayerNorm
+    zero_share = (table.grad[attention.bucket_size - 1] == 0).float().mean().item()
+    assert (zero_share > 0.2) == attention_active
+    # probabilities: a zero table leaves only them and the output dropout; kept outputs would be
+    # the eval outputs / (1 - p) if the probabilities were not dropped
+    zeros = torch.zeros_like(table)
+    attention.eval()
+    reference = attention(x, zeros)
+    attention.train()
+    out = attention(x, zeros)
+    kept = out != 0
+    assert (kept.float().mean().item() < 0.7) == attention_active  # the output dropout
+    scale = 1.0 / (1.0 - attention_dropout)
+    assert (not torch.allclose(out[kept], reference[kept] * scale, atol=1e-5)) == attention_active
+    hidden_active = dropout > 0
+    assert dropped(encoder.layers[0].ffn, x) == hidden_active
+    assert dropped(encoder.dropout, x) == hidden_active  # embedding
+    assert dropped(model.encoder.lm_head, torch.randn(2, 9, 32)) == hidden_active
 
 
 def test_no_decay_tags_follow_the_original_groups(task):

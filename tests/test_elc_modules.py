@@ -55,14 +55,14 @@ def test_log_buckets():
 
 def test_relative_attention_sdpa_matches_explicit_scores():
     torch.manual_seed(0)
-    attn = RelativeAttention(16, 4, bucket_size=8, dropout=0.0, attention_dropout=0.0, eps=1e-7).eval()
+    attn = RelativeAttention(16, 4, bucket_size=8, attention_dropout=0.0, eps=1e-7).eval()
     x, table = torch.randn(11, 2, 16), torch.randn(15, 16)
     pad = torch.zeros(2, 11, dtype=torch.bool)
     pad[1, 7:] = True
     torch.testing.assert_close(attn(x, table, pad), attn.forward_reference(x, table, pad), atol=1e-5, rtol=1e-4)
     assert attn.scale == pytest.approx(1 / math.sqrt(3 * 4))
     with pytest.raises(ValueError, match="encoder-attention-heads"):
-        RelativeAttention(10, 4, 8, 0.0, 0.0, 1e-7)
+        RelativeAttention(10, 4, 8, 0.0, 1e-7)
 
 
 def lamb_step(weight_decay, grad=(0.5, -2.0, 1.0)):

@@ -1,6 +1,7 @@
 """GLOM and its ALBERT baseline: the fast step against the per-level reference, build-time
 errors, and real fairseq runs (train, hydra, reload, fill_mask, sentence_prediction)."""
 import itertools
+from argparse import Namespace
 
 import pytest
 import torch
@@ -50,6 +51,44 @@ def build(tiny_data, arch, *extra):
 def test_bad_options_fail_at_build_time_naming_the_option(tiny_data, extra, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build(tiny_data, "glom_tiny", *extra)
+
+
+def test_every_arch_name_builds_its_preset():
+    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+    from fairseq_ext.models.albert import AlbertModel
+    from fairseq_ext.models.glom import GlomModel
+
+    sizes = {"glom_tiny": (32, 4, 2, 16), "glom_small": (256, 8, 6, 128), "glom_base": (768, 12, 12, 128),
+             "glom_paper": (4608, 6, 24, 128), "albert_tiny": (32, 4, 2, 16), "albert_small": (256, 4, 6, 128),
+             "albert_base": (768, 12, 12, 128)}
+    for arch, expected in sizes.items():
+        assert ARCH_MODEL_REGISTRY[arch] is (GlomModel if arch.startswith("glom") else AlbertModel)
+        args = Namespace(encoder_layers=None)  # unset, as argparse leaves it
+        ARCH_CONFIG_REGISTRY[arch](args)
+        assert (args.encoder_embed_dim, args.encoder_attention_heads, args.encoder_layers, args.embedding_size) == expected
+        assert (args.dropout, args.attention_dropout) == (0.0, 0.0)
+    set_by_user = Namespace(encoder_layers=3)
+    ARCH_CONFIG_REGISTRY["glom_tiny"](set_by_user)
+    assert set_by_user.encoder_layers == 3  # what the user set wins over the preset
+
+
+@pytest.mark.parametrize("arch", ["glom_tiny", "albert_tiny"])
+def test_positions_follow_tokens_per_sample_and_longer_input_is_refused(tiny_data, arch):
+    model, _ = build(tiny_data, arch)  # --tokens-per-sample 64
+    assert model.max_positions() == 64
+    model.eval()
+    model(torch.full((1, 64), 10))
+    with pytest.raises(ValueError, match=r"input of 65 tokens is longer than the model accepts \(64; --max-positions\)"):
+        model(torch.full((1, 65), 10))
+    assert build(tiny_data, arch, "--max-positions", "100")[0].max_positions() == 100
+
+
+@pytest.mark.parametrize("arch", ["glom_tiny", "albert_tiny", "elc_bert_tiny"])
+def test_encoder_layerdrop_is_refused(tiny_data, arch):
+    """The plugin's own encoders run every layer: a LayerDrop rate would be silently ignored."""
+    with pytest.raises(ValueError, match="--encoder-layerdrop 0.1"):
+        build(tiny_data, arch, "--encoder-layerdrop", "0.1")
+    build(tiny_data, arch, "--encoder-layerdrop", "0")
 
 
 @pytest.mark.parametrize("arch, embedding_eps, head_eps", [
@@ -123,8 +162,10 @@ print("OK", a.model.args.glom_aggregation)
 
 
 def test_sentence_prediction_finetunes_from_a_glom_checkpoint(trained, classification_data, tmp_path):
+    """sentence_prediction has no --tokens-per-sample: --max-positions gives the pretraining length."""
     assert_finetuned(run_fairseq(finetune_args(classification_data, "glom_tiny",
-                                               trained["paper"][0] / "checkpoint_last.pt", tmp_path)))
+                                               trained["paper"][0] / "checkpoint_last.pt", tmp_path,
+                                               extra=["--max-positions", "64"])))
 
 
 def test_hydra_yaml_trains(tiny_data, tmp_path):

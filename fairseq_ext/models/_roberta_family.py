@@ -6,9 +6,9 @@ heads work unchanged. Not a registered model.
 """
 import torch
 import torch.nn as nn
+from fairseq.models import FairseqEncoderModel
 from fairseq.models.roberta import RobertaEncoder, RobertaModel
 from fairseq.models.roberta.model import base_architecture
-from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr
 
 from fairseq_ext.flops import DEFAULT_MASK_PROB
@@ -19,9 +19,10 @@ from fairseq_ext.modules.inference_logits import special_symbol_ids, suppress_sp
 
 
 def encoder_output(x: torch.Tensor, padding_mask: torch.Tensor, states) -> dict:
-    """fairseq's encoder-output dict from a batch-first final state (B, T, C)."""
-    return {"encoder_out": [x.transpose(0, 1)], "encoder_padding_mask": [padding_mask],
-            "encoder_states": [s.transpose(0, 1) for s in states]}
+    """fairseq's encoder-output dict: the final state x and every entry of ``states`` already in
+    fairseq's sequence-first layout (T, B, C), as ``TransformerEncoder`` returns them (stock
+    ``extract_features`` hands ``states`` on as ``inner_states``)."""
+    return {"encoder_out": [x], "encoder_padding_mask": [padding_mask], "encoder_states": list(states)}
 
 
 class FactorisedRobertaEncoder(RobertaEncoder):
@@ -40,15 +41,32 @@ class FactorisedRobertaEncoder(RobertaEncoder):
         return FactorisedLMHead(self.head_input_dim or embed_dim, weight, self.head_layer_norm_eps)
 
 
+def refuse_layerdrop(args, model_name: str) -> None:
+    """The plugin's own encoders run every layer (or step) on every forward: a LayerDrop rate
+    would be accepted and silently ignored, so it is an error."""
+    rate = safe_getattr(args, "encoder_layerdrop", 0.0) or 0.0
+    if rate:
+        raise ValueError(f"--encoder-layerdrop {rate}: {model_name} has no LayerDrop (every layer runs "
+                         "every time); use --encoder-layerdrop 0")
+
+
 class PluginRobertaModel(RobertaModel):
     """RobertaModel whose options come from ``config_class`` and whose encoder is
     ``encoder_class``; bf16 autocast and clean inference logits as every plugin model."""
 
     config_class = None
     encoder_class = None
+    # False: the encoder's modules initialise themselves (their original's init) and RobertaModel's
+    # BERT init (init_bert_params over every module) is skipped, so each weight is drawn once
+    bert_init = True
 
     def __init__(self, args, encoder):
-        super().__init__(args, encoder)
+        if self.bert_init:
+            super().__init__(args, encoder)
+        else:  # RobertaModel.__init__ without its self.apply(init_bert_params)
+            FairseqEncoderModel.__init__(self, encoder)
+            self.args = args
+            self.classification_heads = nn.ModuleDict()
         self.register_buffer("special_ids", special_symbol_ids(encoder.dictionary), persistent=False)
 
     @classmethod
@@ -74,8 +92,8 @@ class PluginRobertaModel(RobertaModel):
         cls.fill_defaults(args)
         if safe_getattr(args, "max_positions") is None:
             args.max_positions = safe_getattr(args, "tokens_per_sample", task.max_positions())
-        encoder = cls.encoder_class(args, task.source_dictionary)
-        encoder.apply(init_bert_params)
+        refuse_layerdrop(args, cls.__name__)
+        encoder = cls.encoder_class(args, task.source_dictionary)  # initialised in cls(...) (bert_init)
         if OmegaConf.is_config(args):
             OmegaConf.set_struct(args, True)
         return cls(args, encoder)

@@ -6,10 +6,10 @@ layers (Lan et al. 2020, arXiv:1909.11942). The baseline GlomImpl compared GLOM 
 from dataclasses import dataclass, field
 
 import torch.nn as nn
-from fairseq.models import register_model, register_model_architecture
+from fairseq.models import register_model
 from fairseq.modules import TransformerEncoderLayer
 
-from fairseq_ext.models._common import PluginConfig
+from fairseq_ext.models._common import PluginConfig, register_presets
 from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
 from fairseq_ext.modules.factorised import FactorisedEmbedding
 
@@ -50,8 +50,7 @@ class AlbertSentenceEncoder(nn.Module):
         for _ in range(self.repeats):
             x = self.shared_layer(x, encoder_padding_mask=key_padding)
             states.append(x)
-        return encoder_output(x.transpose(0, 1), padding_mask,
-                              [s.transpose(0, 1) for s in states] if return_all_hiddens else [])
+        return encoder_output(x, padding_mask, states if return_all_hiddens else [])
 
     def flops_per_token(self, seq_len: int) -> float:
         d, f = self.project.out_features, self.shared_layer.fc1.out_features
@@ -74,25 +73,16 @@ class AlbertModel(PluginRobertaModel):
     encoder_class = AlbertEncoder
 
 
-def albert_defaults(args, **sizes):
-    """albert-base-v2: no dropout, 512 positions."""
-    AlbertModel.fill_defaults(args, dropout=0.0, attention_dropout=0.0, max_positions=512, **sizes)
+# albert-base-v2: no dropout. Positions follow --tokens-per-sample unless --max-positions is set.
+PRESETS = {
+    "albert_tiny": dict(encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+                        encoder_layers=2, embedding_size=16),
+    "albert_small": dict(encoder_embed_dim=256, encoder_ffn_embed_dim=1024, encoder_attention_heads=4,
+                         encoder_layers=6, embedding_size=128),
+    # albert-base-v2: d 768, 12 layers sharing one, 12 heads, FFN 3072, E 128 (dropout 0 as v2)
+    "albert_base": dict(encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
+                        encoder_layers=12, embedding_size=128),
+}
 
-
-@register_model_architecture("albert_ext", "albert_tiny")
-def albert_tiny(args):
-    albert_defaults(args, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
-                    encoder_layers=2, embedding_size=16)
-
-
-@register_model_architecture("albert_ext", "albert_small")
-def albert_small(args):
-    albert_defaults(args, encoder_embed_dim=256, encoder_ffn_embed_dim=1024, encoder_attention_heads=4,
-                    encoder_layers=6, embedding_size=128)
-
-
-@register_model_architecture("albert_ext", "albert_base")
-def albert_base(args):
-    """albert-base-v2: d 768, 12 layers sharing one, 12 heads, FFN 3072, E 128 (dropout 0 as v2)."""
-    albert_defaults(args, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
-                    encoder_layers=12, embedding_size=128)
+register_presets("albert_ext", PRESETS, lambda args, **preset: AlbertModel.fill_defaults(
+    args, dropout=0.0, attention_dropout=0.0, **preset))

@@ -7,7 +7,8 @@ pre-LN without affine parameters, depth-scaled init. ELC-BERT (Charpentier & Sam
 ltgoslo/elc-bert) feeds each layer a learned softmax mixture of all earlier layer outputs
 (``fairseq_ext.modules.layer_mixing``), in four variants as the original files
 ``model_elc_bert_{base,zero,normalized,weighted_output}.py``; ``--elc-variant none`` is plain
-LTG-BERT. States inside the encoder are sequence-first (T, B, d) as in the original.
+LTG-BERT. States are sequence-first (T, B, d) as in the original and in fairseq's
+``inner_states``; for ``weighted_output`` they end with the output mixture the head reads.
 
     fairseq-train DATA --user-dir fairseq_ext --task elc_span_masked_lm --criterion elc_masked_lm \
         --arch elc_bert_small --optimizer lamb_elc --lr-scheduler elc_cosine ...
@@ -74,8 +75,10 @@ class LtgLayer(nn.Module):
         super().__init__()
         d, eps = args.encoder_embed_dim, args.layer_norm_eps
         self.variant = args.elc_variant
+        # --attention-dropout inside the attention (original attention_probs_dropout_prob),
+        # --dropout in the feed-forward (hidden_dropout_prob)
         self.attention = RelativeAttention(d, args.encoder_attention_heads, args.position_bucket_size,
-                                           args.dropout, args.attention_dropout, eps,
+                                           args.attention_dropout, eps,
                                            length_follows_query=self.variant in ("base", "normalized"))
         self.ffn = GeGLU(d, args.encoder_ffn_embed_dim, args.dropout, eps)
         self.out_norm = nn.LayerNorm(d, eps=eps, elementwise_affine=False) if self.variant == "normalized" else None
@@ -146,9 +149,13 @@ class ElcSentenceEncoder(nn.Module):
                 h = history.mix(self.mixings[i], reference)
             h = layer(h, table, key_padding, reference)
             history.append(h)
+        states = list(history.states)  # h_0 .. h_L, (T, B, d) each
         if self.output_mixing is not None:
+            # the head reads a mixture of h_0 .. h_L; it ends the states, as in the original's
+            # Encoder.forward, so inner_states[-1] is always what the head reads
             h = history.mix(self.output_mixing, reference)
-        return encoder_output(h.transpose(0, 1), padding_mask, history.states if return_all_hiddens else [])
+            states.append(h)
+        return encoder_output(h, padding_mask, states if return_all_hiddens else [])
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token of the layers (GeGLU: d→2f and f→d) and the layer mixtures."""
@@ -162,7 +169,9 @@ class ElcSentenceEncoder(nn.Module):
 
 class ElcLMHead(nn.Module):
     """LN → dense → GELU → LN → dropout → tied projection + bias, on masked positions only
-    (LTG-BERT ``MaskClassifier``; its LayerNorms have no affine parameters)."""
+    (ELC-BERT ``MaskClassifier``; its LayerNorms have no affine parameters). Initialised here, as
+    the original's ``MaskClassifier.initialize``: dense truncated normal σ = sqrt(2/(5d)) at ±2σ,
+    zero biases."""
 
     def __init__(self, embed_dim, weight, dropout, eps):
         super().__init__()
@@ -205,12 +214,10 @@ class ElcBertModel(PluginRobertaModel):
     config_class = ElcBertConfig
     encoder_class = ElcEncoder
 
+    bert_init = False  # the encoder and the head initialise themselves, as the original's modules
+
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
-        # build_model applied BERT init to every module: restore the original's init
-        encoder.sentence_encoder.reset_parameters(args.encoder_embed_dim)
-        truncated_normal_(encoder.lm_head.dense.weight, math.sqrt(2.0 / (5.0 * args.encoder_embed_dim)))
-        nn.init.zeros_(encoder.lm_head.dense.bias)
         for name, param in self.named_parameters():
             # read by the lamb_elc optimizer: the original's no-decay parameter groups
             param.no_weight_decay = any(key in name for key in NO_DECAY_KEYS)

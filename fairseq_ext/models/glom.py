@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from fairseq.models import register_model, register_model_architecture
+from fairseq.models import register_model
 
-from fairseq_ext.models._common import PluginConfig
+from fairseq_ext.models._common import PluginConfig, register_presets
 from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
 from fairseq_ext.modules.factorised import FactorisedEmbedding
 from fairseq_ext.modules.glom_step import AGGREGATIONS, LAYOUTS, GlomStep
@@ -47,7 +47,8 @@ class GlomConfig(PluginConfig):
 
 
 class GlomSentenceEncoder(nn.Module):
-    """Embedding into level 0, then the shared GLOM step t times. States are (B, T, d)."""
+    """Embedding into level 0, then the shared GLOM step t times. States are (B, T, d) inside,
+    returned in fairseq's (T, B, d)."""
 
     def __init__(self, args, dictionary, embed_tokens):
         super().__init__()
@@ -78,7 +79,9 @@ class GlomSentenceEncoder(nn.Module):
         for _ in range(self.time_steps):
             x = step(x, key_padding)
             states.append(x)
-        return encoder_output(x, padding_mask, states if return_all_hiddens else [])
+        # (B, T, d) -> fairseq's (T, B, d)
+        return encoder_output(x.transpose(0, 1), padding_mask,
+                              [s.transpose(0, 1) for s in states] if return_all_hiddens else [])
 
     def flops_per_token(self, seq_len: int) -> float:
         return 2.0 * self.to_level0.in_features * self.to_level0.out_features \
@@ -104,28 +107,15 @@ class GlomModel(PluginRobertaModel):
     encoder_class = GlomEncoder
 
 
-def glom_defaults(args, **sizes):
-    """GlomImpl's configs: no dropout, 512 positions."""
-    GlomModel.fill_defaults(args, dropout=0.0, attention_dropout=0.0, max_positions=512, **sizes)
+# GlomImpl's configs: no dropout. Positions follow --tokens-per-sample unless --max-positions is set.
+PRESETS = {
+    "glom_tiny": dict(encoder_embed_dim=32, encoder_attention_heads=4, encoder_layers=2, embedding_size=16),
+    "glom_small": dict(encoder_embed_dim=256, encoder_attention_heads=8, encoder_layers=6, embedding_size=128),
+    # configs/glom/glom-albert-base-v2.json: d 768, 12 levels, 12 steps, E 128
+    "glom_base": dict(encoder_embed_dim=768, encoder_attention_heads=12, encoder_layers=12, embedding_size=128),
+    # configs/glom/glom-paper.json: d 4608, 6 levels of 768, 24 steps, E 128
+    "glom_paper": dict(encoder_embed_dim=4608, encoder_attention_heads=6, encoder_layers=24, embedding_size=128),
+}
 
-
-@register_model_architecture("glom", "glom_tiny")
-def glom_tiny(args):
-    glom_defaults(args, encoder_embed_dim=32, encoder_attention_heads=4, encoder_layers=2, embedding_size=16)
-
-
-@register_model_architecture("glom", "glom_small")
-def glom_small(args):
-    glom_defaults(args, encoder_embed_dim=256, encoder_attention_heads=8, encoder_layers=6, embedding_size=128)
-
-
-@register_model_architecture("glom", "glom_base")
-def glom_base(args):
-    """configs/glom/glom-albert-base-v2.json: d 768, 12 levels, 12 steps, E 128."""
-    glom_defaults(args, encoder_embed_dim=768, encoder_attention_heads=12, encoder_layers=12, embedding_size=128)
-
-
-@register_model_architecture("glom", "glom_paper")
-def glom_paper(args):
-    """configs/glom/glom-paper.json: d 4608, 6 levels of 768, 24 steps, E 128."""
-    glom_defaults(args, encoder_embed_dim=4608, encoder_attention_heads=6, encoder_layers=24, embedding_size=128)
+register_presets("glom", PRESETS, lambda args, **preset: GlomModel.fill_defaults(
+    args, dropout=0.0, attention_dropout=0.0, **preset))

@@ -12,18 +12,24 @@ from fairseq.modules import PositionalEmbedding
 
 class FactorisedEmbedding(nn.Module):
     """e = Dropout(LN_E(W_tok[x] + W_pos[p])): (B, T) ids -> (B, T, E). The LN eps is the
-    family's own (its original's)."""
+    family's own (its original's). Learned positions: inputs longer than ``max_positions``
+    (--max-positions, by default --tokens-per-sample) are refused."""
 
     def __init__(self, embed_tokens: nn.Embedding, max_positions: int, padding_idx: int, dropout: float,
                  layer_norm_eps: float):
         super().__init__()
         self.embed_tokens = embed_tokens
+        self.max_positions = max_positions
         width = embed_tokens.embedding_dim
         self.embed_positions = PositionalEmbedding(max_positions, width, padding_idx, learned=True)
         self.layer_norm = nn.LayerNorm(width, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, src_tokens: torch.Tensor) -> torch.Tensor:
+        seq_len = src_tokens.size(1)
+        if seq_len > self.max_positions:
+            raise ValueError(f"input of {seq_len} tokens is longer than the model accepts "
+                             f"({self.max_positions}; --max-positions)")
         x = self.embed_tokens(src_tokens) + self.embed_positions(src_tokens)
         return self.dropout(self.layer_norm(x))
 

@@ -36,10 +36,14 @@ def position_indices(length: int, bucket_size: int, max_position: int, device=No
 
 
 class RelativeAttention(nn.Module):
-    """Pre-LN (no affine) disentangled attention; out = Dropout(LN_post(W_o ctx + b_o))."""
+    """Pre-LN (no affine) disentangled attention; out = Dropout(LN_post(W_o ctx + b_o)).
 
-    def __init__(self, embed_dim: int, num_heads: int, bucket_size: int, dropout: float,
-                 attention_dropout: float, eps: float, length_follows_query: bool = False):
+    One rate, ``attention_dropout`` (--attention-dropout), drops the relative table, the
+    attention probabilities and the output, as the original's single
+    ``Dropout(attention_probs_dropout_prob)`` in ``Attention`` (ltgoslo/ltg-bert and elc-bert)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, bucket_size: int, attention_dropout: float,
+                 eps: float, length_follows_query: bool = False):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"--encoder-embed-dim {embed_dim} must be divisible by --encoder-attention-heads {num_heads}")
@@ -53,8 +57,7 @@ class RelativeAttention(nn.Module):
         self.in_proj_v = nn.Linear(embed_dim, embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.post_norm = nn.LayerNorm(embed_dim, eps=eps)
-        self.dropout = nn.Dropout(dropout)
-        self.attention_dropout = attention_dropout
+        self.dropout = nn.Dropout(attention_dropout)
         self._indices: Optional[torch.Tensor] = None
 
     def bucket_indices(self, length: int, device) -> torch.Tensor:
@@ -101,7 +104,7 @@ class RelativeAttention(nn.Module):
         if key_padding_mask is not None:
             bias = bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale,
-                                             dropout_p=self.attention_dropout if self.training else 0.0)
+                                             dropout_p=self.dropout.p if self.training else 0.0)
         return self._output(ctx)
 
     def forward_reference(self, x, relative_table, key_padding_mask=None):
@@ -117,7 +120,7 @@ class RelativeAttention(nn.Module):
         scores = scores * self.scale
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        probs = F.dropout(scores.softmax(-1), self.attention_dropout, self.training)
+        probs = self.dropout(scores.softmax(-1))
         return self._output(probs @ v)
 
     def flops_per_token(self, seq_len: int) -> float:

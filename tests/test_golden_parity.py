@@ -23,6 +23,8 @@ from fairseq_ext.modules.alibi import alibi_bias, alibi_slopes
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
+# buffers in the originals' state dicts, not parameters (HF position ids, fairseq's version)
+ORIGINAL_BUFFERS = ("position_ids", ".version")
 
 
 def golden(name: str) -> dict:
@@ -63,7 +65,7 @@ def load_mapped(model, original: dict, mapping: dict, unused=()) -> None:
         value = source(lookup) if callable(source) else lookup(source)
         assert state[name].shape == value.shape, f"{name}: plugin {tuple(state[name].shape)}, original {tuple(value.shape)}"
         state[name] = value
-    left = {n for n in original if not n.endswith("position_ids")} - read - set(unused)
+    left = {n for n in original if not n.endswith(ORIGINAL_BUFFERS)} - read - set(unused)
     assert not left, f"original parameters not loaded: {sorted(left)}"
     model.load_state_dict(state)
     model.eval()
@@ -284,3 +286,31 @@ def test_clap_head_matches_original():
     with torch.no_grad():
         torch.testing.assert_close(head(case["features"], masked_tokens=case["masked"]), case["logits_masked"], **TOLERANCE)
         torch.testing.assert_close(head(case["features"]), case["logits_all"], **TOLERANCE)
+
+
+# The fork's recipes as this plugin's presets (same sizes as the golden run).
+ROBERTA_ARCHS = {"zero_clap": "roberta_ext_zero_clap_tiny", "learned_clap": "roberta_ext_learned_clap_tiny",
+                 "alibi": "roberta_ext_alibi_tiny"}
+
+
+@pytest.mark.parametrize("variant", list(ROBERTA["models"]))
+def test_roberta_ext_model_matches_original(variant):
+    """Whole models of the fork (EIFY/fairseq RobertaModel with its encoder and layers), loaded
+    under the same parameter names: features, every inner state and the masked-position logits,
+    with padding and <mask> inputs (zero vectors under zero masking)."""
+    expected, size = ROBERTA["models"][variant], ROBERTA["model_size"]
+    vocab = expected["state_dict"]["encoder.sentence_encoder.embed_tokens.weight"].size(0)
+    zero_mask = expected["options"].get("zero_masking", False)
+    task = masked_lm_task(vocab + 1 if zero_mask else vocab)  # + the <mask> the plugin does not embed
+    model = build(RobertaExtModel, task, ROBERTA_ARCHS[variant], **size)
+    names = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    load_mapped(model, expected["state_dict"], {name: name for name in names})
+    tokens, masked = expected["tokens"], expected["masked"]
+    with torch.no_grad():
+        features, extra = model(tokens, features_only=True, return_all_hiddens=True)
+        logits, _ = model(tokens, masked_tokens=masked)
+    torch.testing.assert_close(features, expected["features"], **TOLERANCE)
+    assert len(extra["inner_states"]) == len(expected["inner_states"])
+    for ours, theirs in zip(extra["inner_states"], expected["inner_states"]):  # (T, B, C) both
+        torch.testing.assert_close(ours, theirs, **TOLERANCE)
+    torch.testing.assert_close(logits, expected["logits"], **TOLERANCE)

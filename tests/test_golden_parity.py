@@ -152,7 +152,7 @@ def test_elc_hidden_states_match_original(elc_task, variant):
         _, extra = model(ELC["tokens"], features_only=True, return_all_hiddens=True)
     states = extra["inner_states"]  # fairseq's contract: (T, B, d) each
     if variant == "none":
-        states, expected = states[-1:], expected
+        states = states[-1:]
     else:
         expected = expected[: len(states)]
     assert len(states) == len(expected)

@@ -12,6 +12,9 @@ not retrained; a half-done run restarts through fairseq's own ``checkpoint_last.
 A spec entry ``blimp: {path: ../shared/data/blimp-dev, limit: N}`` (masked LMs) also scores each
 run's ``checkpoint_last.pt`` on BLiMP with ``fairseq_ext.eval.blimp`` (pseudo-log-likelihood) and
 adds the accuracy to its row; the score is cached in the run dir for that checkpoint and setting.
+A spec entry ``books: {split: test, batch_size: 4, args: [--tokens-per-sample, "512", --cpu]}``
+(long-document LMs, task ``long_document_lm``) adds per-book and overall perplexity of each run's
+``checkpoint_last.pt`` from ``fairseq_ext.eval.books`` (stock eval_lm, state carried per book).
 
     python benchmarks/compare.py --spec benchmarks/specs/pg_mini_roberta_small_cpu.yaml --max-update 150
 """
@@ -255,6 +258,8 @@ def run_one(run: dict, spec: dict, data: str, budget: Dict[str, float], run_dir:
     row = summarize(run["name"], argv, log.read_text(), checkpoint, data)
     if spec.get("blimp"):
         row["blimp"] = blimp_accuracy(checkpoint, data, spec["blimp"], run_dir / "blimp.json")
+    if spec.get("books"):
+        row["books"] = book_perplexity(checkpoint, data, spec["books"], run_dir / "books.json")
     return row
 
 
@@ -271,19 +276,35 @@ def blimp_path(blimp: dict) -> Path:
 
 def blimp_accuracy(checkpoint: Path, data: str, blimp: dict, out: Path) -> dict:
     """BLiMP accuracy (overall, per field and per paradigm) of one trained run, scored in a
-    subprocess by ``fairseq_ext.eval.blimp``; reused while the checkpoint and setting are the same."""
+    subprocess by ``fairseq_ext.eval.blimp``."""
     path = blimp_path(blimp)
     argv = [sys.executable, "-m", "fairseq_ext.eval.blimp", "--checkpoint-dir", str(checkpoint.parent),
             "--checkpoint", checkpoint.name, "--data-dir", data, "--blimp", str(path), "--out", str(out)]
     if blimp.get("limit"):
         argv += ["--limit", str(blimp["limit"])]
+    return cached_evaluation("BLiMP", argv, checkpoint, out)
+
+
+def book_perplexity(checkpoint: Path, data: str, books: dict, out: Path) -> dict:
+    """Per-book and overall perplexity of one trained long-document LM on ``books.split``, by
+    ``fairseq_ext.eval.books`` (stock eval_lm per book) in a subprocess."""
+    argv = [sys.executable, "-m", "fairseq_ext.eval.books", data, "--path", str(checkpoint),
+            "--user-dir", str(REPO / "fairseq_ext"), "--task", "long_document_lm",
+            "--gen-subset", str(books.get("split", "test")), "--batch-size", str(books.get("batch_size", 1)),
+            "--json-out", str(out)] + [str(a) for a in books.get("args", [])]
+    return cached_evaluation("books", argv, checkpoint, out)
+
+
+def cached_evaluation(what: str, argv: List[str], checkpoint: Path, out: Path) -> dict:
+    """Run an evaluation command writing JSON to ``out``; reused while the command and the
+    checkpoint are the same."""
     key = {"command": argv[1:], "checkpoint_mtime": checkpoint.stat().st_mtime}
     marker = out.with_suffix(".key.json")
     if not (out.exists() and marker.exists() and json.loads(marker.read_text()) == key):
-        print(f"[compare] BLiMP: {' '.join(argv)}", file=sys.stderr, flush=True)
+        print(f"[compare] {what}: {' '.join(argv)}", file=sys.stderr, flush=True)
         proc = subprocess.run(argv, cwd=REPO, env=worker_env(), capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SystemExit(f"BLiMP scoring of {checkpoint} failed:\n{proc.stderr[-3000:]}")
+            raise SystemExit(f"{what} evaluation of {checkpoint} failed:\n{proc.stderr[-3000:]}")
         marker.write_text(json.dumps(key) + "\n")
     return json.loads(out.read_text())
 

@@ -64,6 +64,10 @@ def compare_table(result: dict) -> str:
     rows = ["| run | updates | wall s | train loss | valid loss | valid ppl | best valid loss | "
             "FLOPs (analytic) | words/s |" + "".join(f" {c} |" for c in blimp_columns),
             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(blimp_columns)]
+    book_runs = [r for r in result["runs"] if r.get("books")]
+    if book_runs:
+        rows[0] += f" {book_runs[0]['books']['split']} ppl (all books) |"
+        rows[1] += "---|"
     for r in result["runs"]:
         row = (f"| {r['name']} | {_num(r.get('updates'))} | {_num(r.get('wall_s'), '{:,.1f}')} | "
                f"{_num(r.get('train_loss'), '{:.3f}')} | {_num(r.get('valid_loss'), '{:.3f}')} | "
@@ -74,8 +78,23 @@ def compare_table(result: dict) -> str:
             overall = blimp.get("overall", {})
             row += f" {_percent(overall)} ({_num(overall.get('pairs'))}) |"
             row += "".join(f" {_percent(blimp.get('fields', {}).get(f, {}))} |" for f in fields)
+        if book_runs:
+            row += f" {_num(r.get('books', {}).get('overall', {}).get('perplexity'), '{:,.2f}')} |"
         rows.append(row)
-    return "\n".join(rows)
+    return "\n".join(rows + ([""] + books_table(book_runs) if book_runs else []))
+
+
+def books_table(runs: List[dict]) -> List[str]:
+    """Perplexity per book (rows) and run (columns), the state carried over each whole book."""
+    books = runs[0]["books"]["books"]
+    rows = ["| book | tokens |" + "".join(f" {r['name']} |" for r in runs),
+            "|---|---|" + "---|" * len(runs)]
+    for i, book in enumerate(books):
+        rows.append(f"| {book['document']} | {book['tokens']:,} |"
+                    + "".join(f" {r['books']['books'][i]['perplexity']:,.2f} |" for r in runs))
+    rows.append("| **overall** | " + f"{runs[0]['books']['overall']['tokens']:,} |"
+                + "".join(f" **{r['books']['overall']['perplexity']:,.2f}** |" for r in runs))
+    return rows
 
 
 def _percent(score: dict) -> str:

@@ -56,12 +56,16 @@ def test_fast_path_equals_reference_values_and_gradients():
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_fast_path_equals_reference_without_cache():
-    q, k, v, _, scale = random_qkv(L=4)
-    bias = T5RelativeBias(3)(4, 4).detach()
+@pytest.mark.parametrize("length", [4, 12])
+def test_fast_path_equals_reference_without_cache(length):
+    q, k, v, prev, scale = random_qkv(L=length)
+    bias = T5RelativeBias(3)(4, 8).detach()
     fast = sliding_window_attention(q, k, v, None, scale, bias, 4)
     torch.testing.assert_close(fast, sliding_window_attention_reference(q, k, v, None, scale, bias, 4), atol=1e-5, rtol=1e-5)
     assert torch.all(fast[:, :, 0] == 0)  # the first token has no key: the null logit takes it all
+    with_past = sliding_window_attention(q, k, v, prev, scale, bias, 4)
+    assert not torch.allclose(with_past[:, :, :4], fast[:, :, :4])  # the first window differs
+    torch.testing.assert_close(with_past[:, :, 8:], fast[:, :, 8:])  # later windows see the segment only
 
 
 def test_token_outputs_depend_only_on_the_previous_w_tokens():

@@ -52,8 +52,8 @@ class TxlConfig(PluginConfig):
         "help": "W: each token attends to the W tokens before it; --tokens-per-sample must be a multiple of W"})
     xl_cache: bool = field(default=True, metadata={
         "help": "carry the last window's keys and values to the next segment of the same document "
-                "(Transformer-XL); false: no carry, the segment is one window (--window-length = "
-                "--tokens-per-sample)"})
+                "(Transformer-XL); false: every segment starts without a past (its first window "
+                "attends only inside itself)"})
     relative_position_buckets: int = field(default=32, metadata={"help": "buckets of the T5 relative bias"})
     relative_position_max_distance: int = field(default=128, metadata={
         "help": "distance at which the T5 buckets stop growing"})
@@ -115,7 +115,7 @@ class WindowedSelfAttention(nn.Module):
         """Local attention of a whole segment, (B, H, L, d_h); updates this mode's cache."""
         W = self.window
         prev = self.previous_window(start_of_sequence, k) if self.xl_cache else None
-        bias = self.relative_bias(W, 2 * W if self.xl_cache else W)
+        bias = self.relative_bias(W, 2 * W)
         if reference:
             out = sliding_window_attention_reference(q, k, v, prev, self.scale, bias, W)
         else:
@@ -134,8 +134,8 @@ class WindowedSelfAttention(nn.Module):
         seen = int(state.get("seen", torch.zeros(1))[0])
         keys, values = torch.cat([prev_k, k], 2), torch.cat([prev_v, v], 2)  # (B, H, W+1, D)
         allowed = allowed_keys(1, self.window + 1, self.window, k.device)
-        if not self.xl_cache:  # segments are independent windows: keys before this one's start are masked
-            allowed[:, : self.window - seen % self.window] = False
+        if not self.xl_cache:  # no past before the first token: mask the slots not yet filled
+            allowed[:, : max(self.window - seen, 0)] = False
         mask = logit_bias(self.scale, self.relative_bias(1, self.window + 1), allowed)
         if not self.xl_cache:
             keys, values, mask = with_null_key(keys, values, mask)
@@ -261,9 +261,6 @@ class TxlLanguageModel(FairseqLanguageModel):
         if segment is not None and segment % W:
             raise ValueError(f"--tokens-per-sample {segment} must be a multiple of --window-length {W} "
                              "(each segment is split into windows)")
-        if segment is not None and not args.xl_cache and segment != W:
-            raise ValueError(f"--xl-cache false needs --window-length equal to --tokens-per-sample "
-                             f"(got {W} and {segment}): without a cache the segment is one window")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(args, name) < 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
@@ -296,10 +293,10 @@ class TxlLanguageModel(FairseqLanguageModel):
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (3 × forward): projections, attention over the 2W keys each
-        window computes (W + 1 without a cache), MLP and the tied output layer."""
+        window computes, MLP and the tied output layer."""
         a = self.decoder.args
         d, hd = a.decoder_embed_dim, a.decoder_attention_heads * a.attention_head_dim
-        keys = 2 * a.window_length if a.xl_cache else a.window_length + 1
+        keys = 2 * a.window_length
         per_layer = 2 * (4 * d * hd + 2 * d * a.decoder_ffn_embed_dim) + 4 * keys * hd
         return 3.0 * (a.decoder_layers * per_layer + 2 * d * len(self.decoder.dictionary))
 

@@ -7,8 +7,9 @@ attends to the W tokens before it but never to itself. The first window's "previ
 the cache carried from the last segment (zeros at a document start, and not masked: Meliad's
 zero keys act as attention sinks). Queries and keys are unit-normalised; the logits are
 a_h·(q̂·k̂ + b_h[bucket]) with a learned per-head scale a_h and the T5 bias b added before the
-scale. Without a cache (``xl_cache=False``, Meliad's ``use_long_xl_architecture=False``) the
-segment is one window and a row with no key attends to a null logit (Meliad's "safe softmax").
+scale. Without a cache (``xl_cache=False``, Meliad's ``use_long_xl_architecture=False``) a
+segment has no past: its first window attends only inside itself, and its first token, which has
+no key, attends to a null logit (Meliad's "safe softmax").
 
 ``sliding_window_attention`` is the fast path (all windows of a segment in one SDPA call);
 ``sliding_window_attention_reference`` the readable loop over windows with an explicit softmax.
@@ -59,23 +60,35 @@ def _windows(x: torch.Tensor, window: int) -> torch.Tensor:
 def sliding_window_attention(q, k, v, prev: Optional[Tuple[torch.Tensor, torch.Tensor]], scale, bias,
                              window: int, dropout_p: float = 0.0) -> torch.Tensor:
     """q, k, v: (B, H, L, D), q and k unit-normalised, L a multiple of W; prev: the (k, v) of the W
-    tokens before the segment, (B, H, W, D), or None for no cache (then L == W); scale: (H,);
-    bias: (H, W, 2W) for a cache, (H, W, W) without (then every window is on its own, as a
-    segment without cache). Returns (B, H, L, D)."""
+    tokens before the segment, (B, H, W, D), or None when the segment has no past (no cache: the
+    first window's tokens see only earlier tokens of their window); scale: (H,); bias: (H, W, 2W),
+    a window's queries over [previous window; window]. Returns (B, H, L, D)."""
+    if prev is None:
+        first = first_window_attention(q[:, :, :window], k[:, :, :window], v[:, :, :window], scale,
+                                       bias[:, :, window:], window, dropout_p)
+        if q.shape[2] == window:
+            return first
+        past = (k[:, :, :window], v[:, :, :window])
+        rest = sliding_window_attention(q[:, :, window:], k[:, :, window:], v[:, :, window:], past,
+                                        scale, bias, window, dropout_p)
+        return torch.cat([first, rest], 2)
     B, H, L, D = q.shape
     n = L // window
     qw, kw, vw = (_windows(t, window) for t in (q * scale.view(1, H, 1, 1), k, v))  # (B, H, n, W, D)
-    if prev is None:
-        keys, values = kw, vw
-        mask = logit_bias(scale, bias, allowed_keys(window, window, window, q.device))
-        keys, values, mask = with_null_key(keys, values, mask)
-    else:
-        keys = torch.cat([torch.cat([prev[0].unsqueeze(2), kw[:, :, :-1]], 2), kw], 3)  # (B, H, n, 2W, D)
-        values = torch.cat([torch.cat([prev[1].unsqueeze(2), vw[:, :, :-1]], 2), vw], 3)
-        mask = logit_bias(scale, bias, allowed_keys(window, 2 * window, window, q.device))
+    keys = torch.cat([torch.cat([prev[0].unsqueeze(2), kw[:, :, :-1]], 2), kw], 3)  # (B, H, n, 2W, D)
+    values = torch.cat([torch.cat([prev[1].unsqueeze(2), vw[:, :, :-1]], 2), vw], 3)
+    mask = logit_bias(scale, bias, allowed_keys(window, 2 * window, window, q.device))
     per_window = lambda t: t.transpose(1, 2).reshape(B * n, H, *t.shape[-2:])  # (B·n, H, ·, D)
     out = attend(per_window(qw), per_window(keys), per_window(values), mask, dropout_p)
     return out.view(B, n, H, window, D).transpose(1, 2).reshape(B, H, L, D)
+
+
+def first_window_attention(q, k, v, scale, bias, window: int, dropout_p: float = 0.0) -> torch.Tensor:
+    """A window with no past, (B, H, W, D): strictly causal inside it, and the first token, which
+    has no key, attends to Meliad's null logit only (a zero output). bias: (H, W, W)."""
+    mask = logit_bias(scale, bias, allowed_keys(window, window, window, q.device))
+    keys, values, mask = with_null_key(k, v, mask)
+    return attend(q * scale.view(1, -1, 1, 1), keys, values, mask, dropout_p)
 
 
 def sliding_window_attention_reference(q, k, v, prev, scale, bias, window: int) -> torch.Tensor:
@@ -85,14 +98,14 @@ def sliding_window_attention_reference(q, k, v, prev, scale, bias, window: int) 
     for start in range(0, L, window):
         qw, kw, vw = (t[:, :, start:start + window] for t in (q, k, v))
         if prev is None:
-            keys, values = kw, vw
+            keys, values, window_bias = kw, vw, bias[:, :, window:]
         else:
-            keys, values = torch.cat([prev[0], kw], 2), torch.cat([prev[1], vw], 2)
-        logits = scale.view(1, H, 1, 1) * (qw @ keys.transpose(-1, -2) + bias)
+            keys, values, window_bias = torch.cat([prev[0], kw], 2), torch.cat([prev[1], vw], 2), bias
+        logits = scale.view(1, H, 1, 1) * (qw @ keys.transpose(-1, -2) + window_bias)
         logits = logits.masked_fill(~allowed_keys(window, keys.shape[2], window, q.device), float("-inf"))
         if prev is None:
             logits = torch.cat([logits.new_full((*logits.shape[:-1], 1), NULL_LOGIT), logits], -1)
             values = torch.cat([values.new_zeros(B, H, 1, D), values], 2)
         outputs.append(torch.softmax(logits, -1) @ values)
-        prev = None if prev is None else (kw, vw)
+        prev = (kw, vw)
     return torch.cat(outputs, 2)

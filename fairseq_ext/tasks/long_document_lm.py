@@ -96,12 +96,14 @@ class LongDocumentLMTask(LanguageModelingTask):
         """Index the documents of ``split`` and schedule them on this rank's lanes."""
         paths = utils.split_paths(self.args.data)
         split_path = os.path.join(paths[(epoch - 1) % len(paths)], split)
+        where = f"split {split} ({split_path}.bin)"
+        if os.path.isfile(f"{split_path}.bin") and os.path.getsize(f"{split_path}.bin") == 0:
+            raise ValueError(f"long_document_lm: {where} holds no documents (the file is empty)")
         tokens = data_utils.load_indexed_dataset(split_path, self.dictionary, self.args.dataset_impl,
                                                  combine=combine)
         if tokens is None:
             raise FileNotFoundError(f"long_document_lm: split {split} not found ({split_path}.bin/.idx)")
         index = DocumentIndex.from_sizes(tokens.sizes)
-        where = f"split {split} ({split_path}.bin)"
         if len(index) == 0:
             raise ValueError(f"long_document_lm: {where} holds no documents (no non-empty line)")
         documents = parse_documents(self.args.documents, len(index), where)

@@ -1,6 +1,7 @@
 """long_document_lm: whole documents streamed per batch lane (start flags, list scheduling,
 data-parallel lanes, epoch reshuffle, --documents, stock eval-lm scoring, errors)."""
 import math
+import re
 from pathlib import Path
 from typing import Dict, List
 
@@ -277,3 +278,44 @@ def test_fairseq_trainer_iterates_two_epochs_and_validation(data):
     assert orders[0] != orders[1]
     valid = list(trainer.get_valid_iterator("valid").next_epoch_itr(shuffle=False, set_dataset_epoch=False))
     assert sorted(s["targets"] for s in lane_streams(valid, data["pad"])) == sorted(data["tokens"]["valid"])
+
+
+TRAIN_THEN_EVAL = """
+import sys
+import fairseq_ext
+from fairseq.models import register_model
+from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
+from fairseq_cli import eval_lm, train
+
+
+@register_model("stateless_lm_for_tests", dataclass=TransformerLanguageModelConfig)
+class StatelessLM(TransformerLanguageModel):
+    # stock transformer_lm, taking (and ignoring) the task's start_of_sequence
+    def forward(self, src_tokens, src_lengths=None, start_of_sequence=None):
+        return self.decoder(src_tokens)
+
+
+sys.argv = ["fairseq-train", {data!r}, "--task", "long_document_lm", "--arch", "stateless_lm_for_tests",
+            "--decoder-layers", "1", "--decoder-embed-dim", "16", "--decoder-ffn-embed-dim", "16",
+            "--decoder-attention-heads", "2", "--tokens-per-sample", "8", "--batch-size", "3", "--cpu",
+            "--optimizer", "adam", "--lr", "1e-3", "--max-update", "16", "--disable-validation", "--num-workers", "0",
+            "--save-dir", {save!r}, "--no-epoch-checkpoints", "--log-format", "json"]
+train.cli_main()
+for documents in ("", "2"):
+    sys.argv = ["fairseq-eval-lm", {data!r}, "--path", {save!r} + "/checkpoint_last.pt", "--task",
+                "long_document_lm", "--batch-size", "2", "--tokens-per-sample", "8", "--gen-subset", "valid",
+                "--documents", documents, "--cpu", "--num-workers", "0"]
+    eval_lm.cli_main()
+"""
+
+
+def test_fairseq_train_and_stock_eval_lm_run_with_the_task(data, tmp_path):
+    """Real fairseq-train / fairseq-eval-lm mains (a stock LM that accepts start_of_sequence):
+    training crosses epochs, eval-lm loads the checkpoint and scores each document token once."""
+    from helpers import run_python
+
+    proc = run_python(TRAIN_THEN_EVAL.format(data=str(data["root"]), save=str(tmp_path)))
+    output = proc.stdout + proc.stderr
+    assert "begin training epoch 2" in output and (tmp_path / "checkpoint_last.pt").is_file()
+    evaluated = [int(n.replace(",", "")) for n in re.findall(r"Evaluated ([\d,]+) tokens", output)]
+    assert evaluated == [sum(map(len, data["tokens"]["valid"])), len(data["tokens"]["valid"][2])]

@@ -306,12 +306,16 @@ for documents in ("", "2"):
                 "long_document_lm", "--batch-size", "2", "--tokens-per-sample", "8", "--gen-subset", "valid",
                 "--documents", documents, "--cpu", "--num-workers", "0"]
     eval_lm.cli_main()
+# hub generation batches language_modeling's inference dataset through the task's iterator
+lm = StatelessLM.from_pretrained({save!r}, "checkpoint_last.pt", {data!r})
+print("SAMPLE", repr(lm.sample("w5 w6", beam=1, max_len_b=8, min_len=5)))
 """
 
 
 def test_fairseq_train_and_stock_eval_lm_run_with_the_task(data, tmp_path):
     """Real fairseq-train / fairseq-eval-lm mains (a stock LM that accepts start_of_sequence):
-    training crosses epochs, eval-lm loads the checkpoint and scores each document token once."""
+    training crosses epochs, eval-lm loads the checkpoint and scores each document token once,
+    hub ``sample`` (language_modeling's inference dataset) still generates."""
     from helpers import run_python
 
     proc = run_python(TRAIN_THEN_EVAL.format(data=str(data["root"]), save=str(tmp_path)))
@@ -319,3 +323,4 @@ def test_fairseq_train_and_stock_eval_lm_run_with_the_task(data, tmp_path):
     assert "begin training epoch 2" in output and (tmp_path / "checkpoint_last.pt").is_file()
     evaluated = [int(n.replace(",", "")) for n in re.findall(r"Evaluated ([\d,]+) tokens", output)]
     assert evaluated == [sum(map(len, data["tokens"]["valid"])), len(data["tokens"]["valid"][2])]
+    assert re.search(r"SAMPLE 'w5 w6( w\d+)+'", output)

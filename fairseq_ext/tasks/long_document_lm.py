@@ -30,7 +30,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 from fairseq import utils
-from fairseq.data import data_utils, iterators
+from fairseq.data import (AppendTokenDataset, IdDataset, ListDataset, NestedDictionaryDataset, NumelDataset,
+                          PadDataset, PrependTokenDataset, StripTokenDataset, data_utils, iterators)
 from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
@@ -144,6 +145,19 @@ class LongDocumentLMTask(LanguageModelingTask):
     def document_token_counts(self, split: str) -> np.ndarray:
         """(D,) token count of every document of a loaded split by index (what eval-lm scores)."""
         return self.dataset(split).document_token_counts()
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
+        """language_modeling's (input [eos] + tokens, target tokens + [pad]; for hub ``sample`` and
+        ``score``) without its TokenBlockDataset, whose eos mode fails under numpy 2 (np.compat)."""
+        eos, pad = self.source_dictionary.eos(), self.source_dictionary.pad()
+        tokens = StripTokenDataset(ListDataset(src_tokens, src_lengths), eos)
+        source = PrependTokenDataset(tokens, eos)
+        return NestedDictionaryDataset({
+            "id": IdDataset(),
+            "net_input": {"src_tokens": PadDataset(source, pad_idx=pad, left_pad=False),
+                          "src_lengths": NumelDataset(source, reduce=False)},
+            "target": PadDataset(AppendTokenDataset(tokens, pad), pad_idx=pad, left_pad=False),
+        }, sizes=[np.array(src_lengths)])
 
     # ------------------------------------------------------------------ iterators
     def get_batch_iterator(self, dataset, **kwargs):

@@ -201,9 +201,3 @@ class DocumentStreamDataset(FairseqDataset):
     def document_token_counts(self) -> np.ndarray:
         """(D,) tokens of every document of the split by index: what eval-lm scores for it."""
         return self.index.num_tokens
-
-    def size(self, index: int) -> int:
-        return self.tokens_per_sample
-
-    def num_tokens(self, index: int) -> int:
-        return self.lanes_per_rank * self.tokens_per_sample

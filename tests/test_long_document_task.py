@@ -284,12 +284,10 @@ def test_fairseq_trainer_iterates_two_epochs_and_validation(data):
     assert sorted(s["targets"] for s in lane_streams(valid, data["pad"])) == sorted(data["tokens"]["valid"])
 
 
-TRAIN_THEN_EVAL = """
-import sys
-import fairseq_ext
+STATELESS_LM = """
+import fairseq_ext  # noqa: F401  (registers long_document_lm)
 from fairseq.models import register_model
 from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
-from fairseq_cli import eval_lm, train
 
 
 @register_model("stateless_lm_for_tests", dataclass=TransformerLanguageModelConfig)
@@ -297,34 +295,77 @@ class StatelessLM(TransformerLanguageModel):
     # stock transformer_lm, taking (and ignoring) the task's start_of_sequence
     def forward(self, src_tokens, src_lengths=None, start_of_sequence=None):
         return self.decoder(src_tokens)
+"""
 
 
-sys.argv = ["fairseq-train", {data!r}, "--task", "long_document_lm", "--arch", "stateless_lm_for_tests",
-            "--decoder-layers", "1", "--decoder-embed-dim", "16", "--decoder-ffn-embed-dim", "16",
-            "--decoder-attention-heads", "2", "--tokens-per-sample", "8", "--batch-size", "3", "--cpu",
-            "--optimizer", "adam", "--lr", "1e-3", "--max-update", "16", "--disable-validation", "--num-workers", "0",
-            "--save-dir", {save!r}, "--no-epoch-checkpoints", "--log-format", "json"]
+@pytest.fixture(scope="module")
+def test_user_dir(tmp_path_factory) -> str:
+    """A --user-dir with a stock LM that accepts the batch (fairseq_ext's own models come later)."""
+    root = tmp_path_factory.mktemp("user-dir") / "long_document_test_models"
+    root.mkdir()
+    (root / "__init__.py").write_text(STATELESS_LM)
+    return str(root)
+
+
+def train_args(data, user_dir, save, *extra) -> List[str]:
+    return [str(data["root"]), "--user-dir", user_dir, "--task", "long_document_lm", "--arch",
+            "stateless_lm_for_tests", "--decoder-layers", "1", "--decoder-embed-dim", "16",
+            "--decoder-ffn-embed-dim", "16", "--decoder-attention-heads", "2", "--dropout", "0",
+            "--tokens-per-sample", str(L), "--cpu", "--disable-validation", "--num-workers", "0",
+            "--save-dir", str(save), "--no-epoch-checkpoints", "--log-format", "json", *extra]
+
+
+TRAIN_THEN_EVAL = """
+import sys
+from fairseq.models.transformer_lm import TransformerLanguageModel
+from fairseq_cli import eval_lm, train
+
+sys.argv = ["fairseq-train", *{train!r}]
 train.cli_main()
 for documents in ("", "2"):
-    sys.argv = ["fairseq-eval-lm", {data!r}, "--path", {save!r} + "/checkpoint_last.pt", "--task",
-                "long_document_lm", "--batch-size", "2", "--tokens-per-sample", "8", "--gen-subset", "valid",
-                "--documents", documents, "--cpu", "--num-workers", "0"]
+    sys.argv = ["fairseq-eval-lm", {data!r}, "--user-dir", {user_dir!r}, "--path", {save!r} + "/checkpoint_last.pt",
+                "--task", "long_document_lm", "--batch-size", "2", "--tokens-per-sample", "8",
+                "--gen-subset", "valid", "--documents", documents, "--cpu", "--num-workers", "0"]
     eval_lm.cli_main()
 # hub generation batches language_modeling's inference dataset through the task's iterator
-lm = StatelessLM.from_pretrained({save!r}, "checkpoint_last.pt", {data!r})
+lm = TransformerLanguageModel.from_pretrained({save!r}, "checkpoint_last.pt", {data!r})
 print("SAMPLE", repr(lm.sample("w5 w6", beam=1, max_len_b=8, min_len=5)))
 """
 
 
-def test_fairseq_train_and_stock_eval_lm_run_with_the_task(data, tmp_path):
-    """Real fairseq-train / fairseq-eval-lm mains (a stock LM that accepts start_of_sequence):
+def test_fairseq_train_and_stock_eval_lm_run_with_the_task(data, test_user_dir, tmp_path):
+    """Real fairseq-train / fairseq-eval-lm mains (in one process, to start Python once):
     training crosses epochs, eval-lm loads the checkpoint and scores each document token once,
     hub ``sample`` (language_modeling's inference dataset) still generates."""
     from helpers import run_python
 
-    proc = run_python(TRAIN_THEN_EVAL.format(data=str(data["root"]), save=str(tmp_path)))
+    train = train_args(data, test_user_dir, tmp_path, "--batch-size", "3", "--optimizer", "adam",
+                       "--lr", "1e-3", "--max-update", "16")
+    proc = run_python(TRAIN_THEN_EVAL.format(train=train, data=str(data["root"]), user_dir=test_user_dir,
+                                             save=str(tmp_path)))
     output = proc.stdout + proc.stderr
     assert "begin training epoch 2" in output and (tmp_path / "checkpoint_last.pt").is_file()
     evaluated = [int(n.replace(",", "")) for n in re.findall(r"Evaluated ([\d,]+) tokens", output)]
     assert evaluated == [sum(map(len, data["tokens"]["valid"])), len(data["tokens"]["valid"][2])]
     assert re.search(r"SAMPLE 'w5 w6( w\d+)+'", output)
+
+
+def test_two_gloo_processes_train_like_one_process_with_all_lanes(data, test_user_dir, tmp_path):
+    """2 ranks x 2 lanes (ranks from torch.distributed) give the parameters of 1 process x 4
+    lanes: each rank streamed exactly its half of the global lanes."""
+    import subprocess
+    import sys
+
+    from helpers import run_fairseq, subprocess_env
+
+    sgd = ["--optimizer", "sgd", "--lr", "0.5", "--lr-scheduler", "fixed", "--max-update", "3"]
+    run_fairseq(["fairseq-train", *train_args(data, test_user_dir, tmp_path / "one", "--batch-size", "4", *sgd)])
+    launch = [sys.executable, "-m", "fairseq_ext.launch_cpu", "--nprocs", "2", "--",
+              *train_args(data, test_user_dir, tmp_path / "two", "--batch-size", "2", *sgd)]
+    proc = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "training on 2 devices" in proc.stdout + proc.stderr
+    one, two = (torch.load(tmp_path / run / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+                for run in ("one", "two"))
+    for name, value in one.items():
+        assert torch.allclose(value, two[name], atol=1e-6, rtol=1e-5), name

@@ -145,3 +145,16 @@ def test_two_cpu_processes_each_stream_their_own_lanes(book_data, tmp_path):
     assert int(state["extra_state"]["train_iterator"]["iterations_in_epoch"]) > 0
     cache = next(v for k, v in state["model"].items() if k.endswith("cache._extra_state"))
     assert cache["train"][0].shape[0] == 2  # rank 0's own 2 lanes, not the 4 global ones
+
+
+def test_stock_transformer_lm_trains_and_evaluates_on_the_same_stream(book_data, tmp_path):
+    """The baseline of the comparisons: a model without state gets the segments without the flag."""
+    argv = txl_args(book_data, tmp_path, updates=3, extra=["--disable-validation"])
+    argv[argv.index("txl_sliding_window_tiny")] = "transformer_lm"
+    argv += ["--decoder-layers", "1", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
+             "--decoder-attention-heads", "2", "--share-decoder-input-output-embed"]
+    run_fairseq(argv)
+    proc = run_fairseq(["fairseq-eval-lm", str(book_data), "--path", str(tmp_path / "checkpoint_last.pt"),
+                        "--user-dir", USER_DIR, "--task", "long_document_lm", "--gen-subset", "test",
+                        "--batch-size", "2", "--tokens-per-sample", str(L), "--cpu"])
+    assert "Perplexity" in proc.stdout + proc.stderr

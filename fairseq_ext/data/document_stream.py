@@ -112,6 +112,7 @@ class DocumentStreamDataset(FairseqDataset):
         self.num_lanes = lanes_per_rank * world_size
         self.shuffle_seed = shuffle_seed
         self.num_segments = -(-index.num_tokens // tokens_per_sample)  # (D,) ceil
+        self.flag_starts = True  # False for a model without state: net_input gets no start_of_sequence
         self.epoch = None
         self.set_epoch(epoch)
 
@@ -152,11 +153,14 @@ class DocumentStreamDataset(FairseqDataset):
             n = len(inputs)
             src[b, :n], target[b, :n], lengths[b], start[b] = inputs, targets, n, segment == 0
         first_lane = self.rank * B
+        net_input = {"src_tokens": src, "src_lengths": lengths}
+        if self.flag_starts:
+            net_input["start_of_sequence"] = start
         return {
             "id": step * self.num_lanes + torch.arange(first_lane, first_lane + B),  # (B,)
             "nsentences": B,
             "ntokens": int(lengths.sum()),
-            "net_input": {"src_tokens": src, "src_lengths": lengths, "start_of_sequence": start},
+            "net_input": net_input,
             "target": target,
         }
 

@@ -19,9 +19,13 @@ Behaviours:
 * ``fairseq-eval-lm --task long_document_lm --batch-size B --tokens-per-sample L`` streams the
   same way: stock ``SequenceScorer`` drops the (right-only) padding, so every document token is
   scored once. ``--documents 3`` evaluates one document (e.g. one book) of the split.
+* A model without state (its forward takes no ``start_of_sequence``, e.g. stock
+  ``transformer_lm``) gets the same segments without the flag, so it can be trained and
+  evaluated on the same stream as a baseline.
 * The data-parallel rank and size come from ``torch.distributed`` when they are not given, and
   are not written back into the config, so a checkpoint never carries one rank's lanes.
 """
+import inspect
 import logging
 import os
 from dataclasses import dataclass, field
@@ -91,6 +95,17 @@ class LongDocumentLMTask(LanguageModelingTask):
                                  "streams whole documents; the option does not apply")
         if args.tokens_per_sample < 1:
             raise ValueError(f"--tokens-per-sample must be at least 1, got {args.tokens_per_sample}")
+        self.model_carries_state = True  # until build_model sees a model without start_of_sequence
+
+    def build_model(self, cfg, from_checkpoint=False):
+        """A model whose forward takes no ``start_of_sequence`` (stock ``transformer_lm``) has no
+        state to reset: its batches come without the flag, each segment read on its own."""
+        model = super().build_model(cfg, from_checkpoint)
+        self.model_carries_state = "start_of_sequence" in inspect.signature(model.forward).parameters
+        for dataset in self.datasets.values():
+            if isinstance(dataset, DocumentStreamDataset):
+                dataset.flag_starts = self.model_carries_state
+        return model
 
     # ------------------------------------------------------------------ datasets
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
@@ -119,6 +134,7 @@ class LongDocumentLMTask(LanguageModelingTask):
             tokens, index, documents, self.args.tokens_per_sample, lanes, rank, world_size,
             pad=self.dictionary.pad(), eos=self.dictionary.eos(),
             shuffle_seed=self.args.seed if training else None, epoch=epoch)
+        dataset.flag_starts = self.model_carries_state
         logger.info("%s: %d documents (%d tokens; %d empty skipped) on %d x %d lanes of %d tokens: "
                     "%d steps", where, len(documents), int(index.num_tokens[documents].sum()),
                     index.num_empty, lanes, world_size, self.args.tokens_per_sample, len(dataset))

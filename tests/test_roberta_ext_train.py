@@ -13,6 +13,8 @@ TRAIN_LEN = 64
 # The tiny data's long lines would be skipped with --sample-break-mode complete.
 COMMON = ["--sample-break-mode", "none", "--tokens-per-sample", str(TRAIN_LEN)]
 ZERO_CLAP_EXT = "zero_clap_masked_lm_ext"  # zero-clap trained with task masked_lm_ext --omit-mask
+SELF_MASKING = "zero_clap_self_masking"  # ... and --mask-prob 0 --self-mask-prob 0.15
+SELF_MASKING_TASK = ("--task", "masked_lm_ext", "--omit-mask", "--mask-prob", "0")
 
 
 def _train(data, save_dir, arch, extra=()):
@@ -22,10 +24,12 @@ def _train(data, save_dir, arch, extra=()):
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
-    """{name: (save_dir, train_inner records)} for the five variants and zero-clap/masked_lm_ext."""
+    """{name: (save_dir, train_inner records)} for the five variants, zero-clap/masked_lm_ext
+    and zero-clap self-masking."""
     root = tmp_path_factory.mktemp("roberta_ext")
     runs = {v: (f"roberta_ext_{v}_tiny", ()) for v in VARIANTS}
     runs[ZERO_CLAP_EXT] = ("roberta_ext_zero_clap_tiny", ("--task", "masked_lm_ext", "--omit-mask"))
+    runs[SELF_MASKING] = ("roberta_ext_zero_clap_tiny", (*SELF_MASKING_TASK, "--self-mask-prob", "0.15"))
     return {name: (root / name, _train(tiny_data, root / name, arch, extra)) for name, (arch, extra) in runs.items()}
 
 
@@ -36,7 +40,7 @@ def _load(save_dir, data, **overrides):
     return hub.eval()
 
 
-@pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT])
+@pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT, SELF_MASKING])
 def test_training_lowers_the_loss(trained, name):
     records = trained[name][1]
     assert len(records) >= 5
@@ -51,9 +55,10 @@ def test_fill_mask_gives_k_answers(trained, tiny_data, name):
     assert sorted((a[1] for a in answers), reverse=True) == [a[1] for a in answers]
 
 
-@pytest.mark.parametrize("name", ["zero_clap", ZERO_CLAP_EXT])
+@pytest.mark.parametrize("name", ["zero_clap", ZERO_CLAP_EXT, SELF_MASKING])
 def test_zero_clap_fill_mask_feeds_the_zero_mask_id(trained, tiny_data, name):
-    """The literal <mask> reaches the model as the vocabulary size, an exact zero input."""
+    """The literal <mask> reaches the model as the vocabulary size, an exact zero input, and
+    nothing else is zeroed (a self-masking model masks in training and validation only)."""
     hub = _load(trained[name][0], tiny_data)
     encoder = hub.model.encoder.sentence_encoder
     vocab = encoder.embed_tokens.num_embeddings
@@ -62,7 +67,7 @@ def test_zero_clap_fill_mask_feeds_the_zero_mask_id(trained, tiny_data, name):
                                                     add_if_not_exist=False).long()[None]
     assert tokens[0, 2] == vocab
     _, embed = encoder.forward_embedding(tokens)
-    assert torch.count_nonzero(embed[0, 2]) == 0
+    assert torch.count_nonzero(embed[0, 2]) == 0 and bool((embed[0, [0, 1, 3, 4]].norm(dim=-1) > 0).all())
     logits = hub.model(tokens)[0][0, 2]
     best = hub.fill_mask("The <mask> game", topk=1)[0]
     assert best[1] == pytest.approx(logits.softmax(-1).max().item(), rel=1e-5)
@@ -86,10 +91,13 @@ def test_learned_positions_refuse_longer_inputs(trained, tiny_data):
         hub.extract_features(hub.encode(" ".join(["The game was released ."] * 20)))
 
 
-@pytest.mark.parametrize("name", ["alibi", ZERO_CLAP_EXT])
+@pytest.mark.parametrize("name", ["alibi", ZERO_CLAP_EXT, SELF_MASKING])
 def test_reloaded_checkpoint_reproduces_the_validation_loss(trained, tiny_data, name):
+    """fairseq-validate gives the loss validation gave in training; for self-masking that is the
+    denoising loss on the same fixed masks (masked_lm_ext's valid_step)."""
     save_dir, _ = trained[name]
-    task = ["--task", "masked_lm_ext", "--omit-mask"] if name == ZERO_CLAP_EXT else ["--task", "masked_lm"]
+    task = {ZERO_CLAP_EXT: ["--task", "masked_lm_ext", "--omit-mask"], SELF_MASKING: list(SELF_MASKING_TASK)
+            }.get(name, ["--task", "masked_lm"])
     proc = run_fairseq(["fairseq-validate", tiny_data, "--path", save_dir / "checkpoint_last.pt",
                         "--user-dir", USER_DIR, *task, "--criterion", "masked_lm", *COMMON, "--seed", "1",
                         "--cpu", "--num-workers", "0", "--batch-size", "16", "--log-format", "json"])

@@ -5,7 +5,8 @@ and stock sentence_prediction fine-tuning from each checkpoint."""
 import pytest
 import torch
 from fairseq.models.roberta import RobertaModel
-from helpers import REPO, USER_DIR, assert_finetuned, finetune_args, json_log_records, run_fairseq, tiny_train_args
+from helpers import (REPO, USER_DIR, assert_finetuned, finetune_args, json_log_records, run_fairseq, run_python,
+                     tiny_train_args)
 
 from fairseq_ext.models.roberta_ext import VARIANTS
 
@@ -124,6 +125,9 @@ def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path, recipe, schedule):
     losses = [float(r["loss"]) for r in json_log_records(proc.stdout + proc.stderr, prefix="*") if "loss" in r]
     assert len(losses) >= 5 and losses[-1] < losses[0] - 0.3
     assert (tmp_path / "checkpoint_last.pt").exists()
+    # without the plugin, the recipe's task masked_lm_ext is what fails first (README)
+    assert_readme_quotes(error_without_plugin(tmp_path, tiny_data),
+                         "AssertionError: Could not infer task type from {'_name': 'masked_lm_ext'")
 
 
 def test_mask_prob_zero_makes_every_token_a_target(tiny_data):
@@ -176,3 +180,34 @@ def test_hydra_recipe_validates_at_a_short_tokens_per_sample(tiny_data, tmp_path
     output = proc.stdout + proc.stderr
     assert json_log_records(output, prefix="*") and "valid_loss" in output
     assert "skipped" not in output  # fairseq drops over-long training samples with a warning
+    # a hydra-trained checkpoint of a stock task, loaded without the plugin (README)
+    assert_readme_quotes(error_without_plugin(tmp_path, tiny_data), "KeyError: \"'_name'\"")
+
+
+def test_argparse_checkpoint_without_the_plugin_fails_as_the_readme_says(trained, tiny_data):
+    save_dir, _ = trained["baseline"]
+    assert_readme_quotes(error_without_plugin(save_dir, tiny_data), "_pickle.UnpicklingError: Weights only load failed.",
+                         "Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default")
+    assert_readme_quotes(error_without_plugin(save_dir, tiny_data, allowlist_namespace=True),
+                         "IndexError: Replacement index 1 out of range for positional args tuple")
+
+
+def error_without_plugin(save_dir, data, allowlist_namespace=False) -> str:
+    """The exception (whitespace collapsed) a fresh Python without fairseq_ext gets from
+    ``RobertaModel.from_pretrained``; optionally after allowlisting argparse.Namespace."""
+    allowlist = "import argparse, torch\ntorch.serialization.add_safe_globals([argparse.Namespace])\n"
+    code = ((allowlist if allowlist_namespace else "") + "import traceback\nfrom fairseq.models.roberta import RobertaModel\n"
+            f"try:\n    RobertaModel.from_pretrained({str(save_dir)!r}, 'checkpoint_last.pt', {str(data)!r})\n"
+            "except Exception as error:\n    print('LOAD FAILED', ''.join(traceback.format_exception_only(error)))\n")
+    output = run_python(code).stdout
+    assert "LOAD FAILED" in output, "the checkpoint loaded without the plugin"
+    return " ".join(output.split("LOAD FAILED", 1)[1].split())
+
+
+def assert_readme_quotes(error: str, *quotes: str):
+    """Each quote is in the real error and in the README's loading warning (line breaks and
+    '> ' quote markers ignored)."""
+    readme = " ".join(" ".join(line.lstrip("> ") for line in (REPO / "README.md").read_text().splitlines()).split())
+    for quote in quotes:
+        assert quote in error, f"the loading error changed: {error[:600]}"
+        assert quote in readme, f"README does not quote the loading error {quote!r}"

@@ -151,6 +151,60 @@ def test_self_masking_zeroes_inputs_only_in_training():
     assert 0.4 < zeroed.mean().item() < 0.6
 
 
+def _self_masking_validation(self_mask_prob=0.15):
+    """A masked_lm_ext --mask-prob 0 task, a zero-clap model, the criterion and a batch whose
+    targets are its inputs (16 sentences, some padded)."""
+    from fairseq.criterions.masked_lm import MaskedLmConfig, MaskedLmLoss
+
+    task = MaskedLMExtTask(MaskedLMExtConfig(data="unused", omit_mask=True, mask_prob=0.0, seed=3,
+                                             tokens_per_sample=32), _dictionary())
+    model = build("roberta_ext_zero_clap_tiny", task, self_mask_prob=self_mask_prob)
+    tokens = _tokens(task, lengths=[32 - 2 * i for i in range(16)], seq_len=32, mask_at=())
+    lengths = tokens.ne(task.source_dictionary.pad()).sum(1)
+    sample = {"id": torch.arange(16), "nsentences": 16, "ntokens": int(lengths.sum()),
+              "net_input": {"src_tokens": tokens, "src_lengths": lengths}, "target": tokens.clone()}
+    return task, model, MaskedLmLoss(MaskedLmConfig(tpu=False), task), sample
+
+
+def test_self_masking_validation_is_the_denoising_loss():
+    """EIFY/fairseq's model also zeroes Bernoulli(p) inputs in eval mode, so its valid loss is
+    the denoising loss: masked_lm_ext's valid_step gives that figure, not the copy loss."""
+    task, model, criterion, sample = _self_masking_validation()
+    tokens = sample["net_input"]["src_tokens"]
+    real = tokens.ne(task.source_dictionary.pad())
+    loss, sample_size, _ = task.valid_step(sample, model, criterion)
+
+    zeroed = task.self_masked(sample, 0.15)["net_input"]["src_tokens"].eq(task.mask_idx)  # (B, T)
+    assert 0.09 < (zeroed.sum() / real.sum()).item() < 0.21 and not bool((zeroed & ~real).any())
+    # reference: the fork's input side by hand, normalize(E[x]) * (1 - mask), then the encoder and head
+    encoder = model.encoder.sentence_encoder
+    inputs = F.normalize(encoder.embed_tokens(tokens), dim=-1) * (~zeroed).unsqueeze(-1).float()
+    with torch.no_grad():
+        features = encoder(tokens, token_embeddings=inputs)["encoder_out"][0].transpose(0, 1)  # (B, T, C)
+        reference = F.cross_entropy(model.encoder.lm_head(features[real]), tokens[real], reduction="sum")
+    assert sample_size == real.sum()
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-4)
+    copy_loss = criterion(model, sample)[0]  # the intact input: what an eval-mode model sees
+    assert loss.item() > copy_loss.item() + 1.0  # denoising is harder than copying
+    # a fixed draw per sentence: the same loss every validation, the same mask in any batch
+    assert task.valid_step(sample, model, criterion)[0].item() == loss.item()
+    alone = {**sample, "id": sample["id"][5:6], "net_input": {"src_tokens": tokens[5:6]}}
+    assert torch.equal(task.self_masked(alone, 0.15)["net_input"]["src_tokens"][0],
+                       task.self_masked(sample, 0.15)["net_input"]["src_tokens"][5])
+
+
+def test_self_masking_leaves_inference_and_other_models_unmasked():
+    task, model, criterion, sample = _self_masking_validation()
+    tokens = sample["net_input"]["src_tokens"]
+    task.valid_step(sample, model, criterion)
+    _, unmasked, _, _ = _self_masking_validation(self_mask_prob=0.0)  # same weights (seed 0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens, features_only=True)[0], unmasked(tokens, features_only=True)[0])
+        torch.testing.assert_close(model(tokens)[0], unmasked(tokens)[0])
+        # a model that does not self-mask is validated on its input as given
+        assert task.valid_step(sample, unmasked, criterion)[0].item() == criterion(unmasked, sample)[0].item()
+
+
 def test_positions_options():
     task = _task()
     assert build("roberta_ext_alibi_tiny", task).encoder.sentence_encoder.embed_positions is None

@@ -5,7 +5,8 @@ and stock sentence_prediction fine-tuning from each checkpoint."""
 import pytest
 import torch
 from fairseq.models.roberta import RobertaModel
-from helpers import REPO, USER_DIR, assert_finetuned, finetune_args, json_log_records, run_fairseq, tiny_train_args
+from helpers import (REPO, USER_DIR, assert_finetuned, finetune_args, json_log_records, run_fairseq, run_python,
+                     tiny_train_args)
 
 from fairseq_ext.models.roberta_ext import VARIANTS
 
@@ -13,6 +14,8 @@ TRAIN_LEN = 64
 # The tiny data's long lines would be skipped with --sample-break-mode complete.
 COMMON = ["--sample-break-mode", "none", "--tokens-per-sample", str(TRAIN_LEN)]
 ZERO_CLAP_EXT = "zero_clap_masked_lm_ext"  # zero-clap trained with task masked_lm_ext --omit-mask
+SELF_MASKING = "zero_clap_self_masking"  # ... and --mask-prob 0 --self-mask-prob 0.15
+SELF_MASKING_TASK = ("--task", "masked_lm_ext", "--omit-mask", "--mask-prob", "0")
 
 
 def _train(data, save_dir, arch, extra=()):
@@ -22,10 +25,12 @@ def _train(data, save_dir, arch, extra=()):
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
-    """{name: (save_dir, train_inner records)} for the five variants and zero-clap/masked_lm_ext."""
+    """{name: (save_dir, train_inner records)} for the five variants, zero-clap/masked_lm_ext
+    and zero-clap self-masking."""
     root = tmp_path_factory.mktemp("roberta_ext")
     runs = {v: (f"roberta_ext_{v}_tiny", ()) for v in VARIANTS}
     runs[ZERO_CLAP_EXT] = ("roberta_ext_zero_clap_tiny", ("--task", "masked_lm_ext", "--omit-mask"))
+    runs[SELF_MASKING] = ("roberta_ext_zero_clap_tiny", (*SELF_MASKING_TASK, "--self-mask-prob", "0.15"))
     return {name: (root / name, _train(tiny_data, root / name, arch, extra)) for name, (arch, extra) in runs.items()}
 
 
@@ -36,7 +41,7 @@ def _load(save_dir, data, **overrides):
     return hub.eval()
 
 
-@pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT])
+@pytest.mark.parametrize("name", [*VARIANTS, ZERO_CLAP_EXT, SELF_MASKING])
 def test_training_lowers_the_loss(trained, name):
     records = trained[name][1]
     assert len(records) >= 5
@@ -51,9 +56,10 @@ def test_fill_mask_gives_k_answers(trained, tiny_data, name):
     assert sorted((a[1] for a in answers), reverse=True) == [a[1] for a in answers]
 
 
-@pytest.mark.parametrize("name", ["zero_clap", ZERO_CLAP_EXT])
+@pytest.mark.parametrize("name", ["zero_clap", ZERO_CLAP_EXT, SELF_MASKING])
 def test_zero_clap_fill_mask_feeds_the_zero_mask_id(trained, tiny_data, name):
-    """The literal <mask> reaches the model as the vocabulary size, an exact zero input."""
+    """The literal <mask> reaches the model as the vocabulary size, an exact zero input, and
+    nothing else is zeroed (a self-masking model masks in training and validation only)."""
     hub = _load(trained[name][0], tiny_data)
     encoder = hub.model.encoder.sentence_encoder
     vocab = encoder.embed_tokens.num_embeddings
@@ -62,7 +68,7 @@ def test_zero_clap_fill_mask_feeds_the_zero_mask_id(trained, tiny_data, name):
                                                     add_if_not_exist=False).long()[None]
     assert tokens[0, 2] == vocab
     _, embed = encoder.forward_embedding(tokens)
-    assert torch.count_nonzero(embed[0, 2]) == 0
+    assert torch.count_nonzero(embed[0, 2]) == 0 and bool((embed[0, [0, 1, 3, 4]].norm(dim=-1) > 0).all())
     logits = hub.model(tokens)[0][0, 2]
     best = hub.fill_mask("The <mask> game", topk=1)[0]
     assert best[1] == pytest.approx(logits.softmax(-1).max().item(), rel=1e-5)
@@ -86,10 +92,13 @@ def test_learned_positions_refuse_longer_inputs(trained, tiny_data):
         hub.extract_features(hub.encode(" ".join(["The game was released ."] * 20)))
 
 
-@pytest.mark.parametrize("name", ["alibi", ZERO_CLAP_EXT])
+@pytest.mark.parametrize("name", ["alibi", ZERO_CLAP_EXT, SELF_MASKING])
 def test_reloaded_checkpoint_reproduces_the_validation_loss(trained, tiny_data, name):
+    """fairseq-validate gives the loss validation gave in training; for self-masking that is the
+    denoising loss on the same fixed masks (masked_lm_ext's valid_step)."""
     save_dir, _ = trained[name]
-    task = ["--task", "masked_lm_ext", "--omit-mask"] if name == ZERO_CLAP_EXT else ["--task", "masked_lm"]
+    task = {ZERO_CLAP_EXT: ["--task", "masked_lm_ext", "--omit-mask"], SELF_MASKING: list(SELF_MASKING_TASK)
+            }.get(name, ["--task", "masked_lm"])
     proc = run_fairseq(["fairseq-validate", tiny_data, "--path", save_dir / "checkpoint_last.pt",
                         "--user-dir", USER_DIR, *task, "--criterion", "masked_lm", *COMMON, "--seed", "1",
                         "--cpu", "--num-workers", "0", "--batch-size", "16", "--log-format", "json"])
@@ -116,6 +125,9 @@ def test_hydra_yaml_trains_end_to_end(tiny_data, tmp_path, recipe, schedule):
     losses = [float(r["loss"]) for r in json_log_records(proc.stdout + proc.stderr, prefix="*") if "loss" in r]
     assert len(losses) >= 5 and losses[-1] < losses[0] - 0.3
     assert (tmp_path / "checkpoint_last.pt").exists()
+    # without the plugin, the recipe's task masked_lm_ext is what fails first (README)
+    assert_readme_quotes(error_without_plugin(tmp_path, tiny_data),
+                         "AssertionError: Could not infer task type from {'_name': 'masked_lm_ext'")
 
 
 def test_mask_prob_zero_makes_every_token_a_target(tiny_data):
@@ -168,3 +180,34 @@ def test_hydra_recipe_validates_at_a_short_tokens_per_sample(tiny_data, tmp_path
     output = proc.stdout + proc.stderr
     assert json_log_records(output, prefix="*") and "valid_loss" in output
     assert "skipped" not in output  # fairseq drops over-long training samples with a warning
+    # a hydra-trained checkpoint of a stock task, loaded without the plugin (README)
+    assert_readme_quotes(error_without_plugin(tmp_path, tiny_data), "KeyError: \"'_name'\"")
+
+
+def test_argparse_checkpoint_without_the_plugin_fails_as_the_readme_says(trained, tiny_data):
+    save_dir, _ = trained["baseline"]
+    assert_readme_quotes(error_without_plugin(save_dir, tiny_data), "_pickle.UnpicklingError: Weights only load failed.",
+                         "Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default")
+    assert_readme_quotes(error_without_plugin(save_dir, tiny_data, allowlist_namespace=True),
+                         "IndexError: Replacement index 1 out of range for positional args tuple")
+
+
+def error_without_plugin(save_dir, data, allowlist_namespace=False) -> str:
+    """The exception (whitespace collapsed) a fresh Python without fairseq_ext gets from
+    ``RobertaModel.from_pretrained``; optionally after allowlisting argparse.Namespace."""
+    allowlist = "import argparse, torch\ntorch.serialization.add_safe_globals([argparse.Namespace])\n"
+    code = ((allowlist if allowlist_namespace else "") + "import traceback\nfrom fairseq.models.roberta import RobertaModel\n"
+            f"try:\n    RobertaModel.from_pretrained({str(save_dir)!r}, 'checkpoint_last.pt', {str(data)!r})\n"
+            "except Exception as error:\n    print('LOAD FAILED', ''.join(traceback.format_exception_only(error)))\n")
+    output = run_python(code).stdout
+    assert "LOAD FAILED" in output, "the checkpoint loaded without the plugin"
+    return " ".join(output.split("LOAD FAILED", 1)[1].split())
+
+
+def assert_readme_quotes(error: str, *quotes: str):
+    """Each quote is in the real error and in the README's loading warning (line breaks and
+    '> ' quote markers ignored)."""
+    readme = " ".join(" ".join(line.lstrip("> ") for line in (REPO / "README.md").read_text().splitlines()).split())
+    for quote in quotes:
+        assert quote in error, f"the loading error changed: {error[:600]}"
+        assert quote in readme, f"README does not quote the loading error {quote!r}"

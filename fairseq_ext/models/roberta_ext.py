@@ -90,7 +90,9 @@ class RobertaExtConfig(PluginConfig):
     self_mask_prob: float = field(default=0.0, metadata={
         "help": "self-masking: in training the model zeroes a Bernoulli(p) subset of the inputs "
                 "(EIFY/fairseq model mask_prob, zero_clap_self_masking.yaml); needs --zero-mask "
-                "and task masked_lm_ext with --mask-prob 0 so every token is a target"})
+                "and task masked_lm_ext with --mask-prob 0 so every token is a target. Validation "
+                "(masked_lm_ext) zeroes a fixed Bernoulli(p) subset too, so the valid loss is the "
+                "denoising loss, as in EIFY/fairseq; inference (fill_mask, extract_features) never masks"})
 
 
 def model_vocab_size(args, dictionary) -> int:

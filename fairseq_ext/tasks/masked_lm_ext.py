@@ -6,10 +6,16 @@
   ``RobertaHubInterface.fill_mask`` works unchanged (EIFY/fairseq patched ``encode_line``).
 * ``--mask-prob 0``: every token is a target and the input is left intact, for self-masking
   models that zero their own inputs (EIFY/fairseq ``zero_clap_self_masking.yaml``).
+
+Self-masking models (``--self-mask-prob p``) zero a Bernoulli(p) subset of their inputs in
+training only, so that ``fill_mask`` / ``extract_features`` see the whole input. EIFY/fairseq's
+model masks in eval mode too, so its validation loss is the denoising loss. ``valid_step`` gives
+the same figure: it replaces a Bernoulli(p) subset of the validation inputs by the zero-mask id.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from fairseq.data import (
     Dictionary,
     RightPadDataset,
@@ -85,3 +91,23 @@ class MaskedLMExtTask(MaskedLMTask):
         self.datasets[split] = SortDataset(
             self._regular_dataset(dataset, RightPadDataset(dataset, pad_idx=pad)),
             sort_order=[shuffle, dataset.sizes])
+
+    def valid_step(self, sample, model, criterion):
+        """A self-masking model is validated on its training (denoising) loss, as in
+        EIFY/fairseq, not on copying an intact input."""
+        prob = safe_getattr(getattr(model, "args", None), "self_mask_prob", 0.0)
+        if prob > 0:
+            sample = self.self_masked(sample, prob)
+        return super().valid_step(sample, model, criterion)
+
+    def self_masked(self, sample, prob: float):
+        """A copy of ``sample`` with a Bernoulli(prob) subset of each sentence's tokens replaced
+        by the mask id (a zero input vector for --zero-mask models). The draw depends only on
+        --seed and the sentence's index, so every validation (in training or fairseq-validate,
+        at any batch size) sees the same masks."""
+        tokens = sample["net_input"]["src_tokens"]  # (B, T)
+        draws = np.stack([np.random.default_rng([self.cfg.seed, int(index)]).random(tokens.size(1))
+                          for index in sample["id"].tolist()])  # (B, T) uniform
+        zeroed = torch.from_numpy(draws < prob).to(tokens.device) & tokens.ne(self.source_dictionary.pad())
+        net_input = {**sample["net_input"], "src_tokens": tokens.masked_fill(zeroed, self.mask_idx)}
+        return {**sample, "net_input": net_input}

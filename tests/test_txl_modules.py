@@ -41,25 +41,26 @@ def random_qkv(B=2, H=3, L=12, D=8, W=4, seed=0):
     return q, k, v, prev, scale
 
 
-def test_fast_path_equals_reference_values_and_gradients():
-    q, k, v, prev, scale = random_qkv()
-    bias = T5RelativeBias(3)(4, 8).detach()
-    inputs = [t.clone().requires_grad_() for t in (q, k, v, scale)]
-    fast = sliding_window_attention(inputs[0], inputs[1], inputs[2], prev, inputs[3], bias, 4)
-    fast.square().sum().backward()
-    fast_grads = [t.grad for t in inputs]
-    inputs = [t.clone().requires_grad_() for t in (q, k, v, scale)]
-    ref = sliding_window_attention_reference(inputs[0], inputs[1], inputs[2], prev, inputs[3], bias, 4)
-    ref.square().sum().backward()
-    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
-    for got, want in zip(fast_grads, (t.grad for t in inputs)):
+@pytest.mark.parametrize("window", [4, 256])  # 256: queries attend in blocks of 128 (query_block)
+def test_fast_path_equals_reference_values_and_gradients(window):
+    q, k, v, prev, scale = random_qkv(L=3 * window, W=window, D=4)
+    table = T5RelativeBias(3)
+    results = []
+    for attention in (sliding_window_attention, sliding_window_attention_reference):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v, scale)]
+        table.zero_grad()
+        out = attention(inputs[0], inputs[1], inputs[2], prev, inputs[3], table, window)
+        out.square().sum().backward()
+        results.append([out] + [t.grad for t in inputs] + [table.table.grad.clone()])
+    for got, want in zip(*results):  # output, then gradients of q, k, v, the scale and the bias table
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("length", [4, 12])
 def test_fast_path_equals_reference_without_cache(length):
     q, k, v, prev, scale = random_qkv(L=length)
-    bias = T5RelativeBias(3)(4, 8).detach()
+    table = T5RelativeBias(3)
+    bias = lambda T, S: table(T, S).detach()
     fast = sliding_window_attention(q, k, v, None, scale, bias, 4)
     torch.testing.assert_close(fast, sliding_window_attention_reference(q, k, v, None, scale, bias, 4), atol=1e-5, rtol=1e-5)
     assert torch.all(fast[:, :, 0] == 0)  # the first token has no key: the null logit takes it all
@@ -70,7 +71,8 @@ def test_fast_path_equals_reference_without_cache(length):
 
 def test_token_outputs_depend_only_on_the_previous_w_tokens():
     q, k, v, prev, scale = random_qkv(L=12, W=4)
-    bias = T5RelativeBias(3)(4, 8).detach()
+    table = T5RelativeBias(3)
+    bias = lambda T, S: table(T, S).detach()
     out = sliding_window_attention(q, k, v, prev, scale, bias, 4)
     k2, v2 = k.clone(), v.clone()
     k2[:, :, 5], v2[:, :, 5] = 1.0, 7.0  # token 5 is seen by tokens 6..9 only

@@ -115,11 +115,10 @@ class WindowedSelfAttention(nn.Module):
         """Local attention of a whole segment, (B, H, L, d_h); updates this mode's cache."""
         W = self.window
         prev = self.previous_window(start_of_sequence, k) if self.xl_cache else None
-        bias = self.relative_bias(W, 2 * W)
         if reference:
-            out = sliding_window_attention_reference(q, k, v, prev, self.scale, bias, W)
+            out = sliding_window_attention_reference(q, k, v, prev, self.scale, self.relative_bias, W)
         else:
-            out = sliding_window_attention(q, k, v, prev, self.scale, bias, W,
+            out = sliding_window_attention(q, k, v, prev, self.scale, self.relative_bias, W,
                                            self.dropout_p if self.training else 0.0)
         if self.xl_cache and start_of_sequence is not None:
             self.cache.set(self.training, (k[:, :, -W:], v[:, :, -W:]))

@@ -11,15 +11,19 @@ scale. Without a cache (``xl_cache=False``, Meliad's ``use_long_xl_architecture=
 segment has no past: its first window attends only inside itself, and its first token, which has
 no key, attends to a null logit (Meliad's "safe softmax").
 
-``sliding_window_attention`` is the fast path (all windows of a segment in one SDPA call);
+``sliding_window_attention`` is the fast path (every query block of a segment in one SDPA call
+over the W + C keys it can see);
 ``sliding_window_attention_reference`` the readable loop over windows with an explicit softmax.
 """
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 NULL_LOGIT = -1000.0  # Meliad's safe softmax: an extra logit so that a fully masked row attends to nothing
+
+
+QUERY_BLOCK = 128
 
 
 def unit_normalise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -51,36 +55,42 @@ def attend(q, keys, values, bias, dropout_p: float = 0.0) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, scale=1.0)
 
 
-def _windows(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, L, D) -> (B, H, L/W, W, D)."""
-    B, H, L, D = x.shape
-    return x.view(B, H, L // window, window, D)
-
-
-def sliding_window_attention(q, k, v, prev: Optional[Tuple[torch.Tensor, torch.Tensor]], scale, bias,
-                             window: int, dropout_p: float = 0.0) -> torch.Tensor:
+def sliding_window_attention(q, k, v, prev: Optional[Tuple[torch.Tensor, torch.Tensor]], scale,
+                             relative_bias: Callable[[int, int], torch.Tensor], window: int,
+                             dropout_p: float = 0.0) -> torch.Tensor:
     """q, k, v: (B, H, L, D), q and k unit-normalised, L a multiple of W; prev: the (k, v) of the W
     tokens before the segment, (B, H, W, D), or None when the segment has no past (no cache: the
-    first window's tokens see only earlier tokens of their window); scale: (H,); bias: (H, W, 2W),
-    a window's queries over [previous window; window]. Returns (B, H, L, D)."""
+    first window's tokens see only earlier tokens of their window); scale: (H,); relative_bias(T, S):
+    the (H, T, S) bias of T queries aligned to the last T of S keys. Returns (B, H, L, D)."""
     if prev is None:
         first = first_window_attention(q[:, :, :window], k[:, :, :window], v[:, :, :window], scale,
-                                       bias[:, :, window:], window, dropout_p)
+                                       relative_bias(window, window), window, dropout_p)
         if q.shape[2] == window:
             return first
         past = (k[:, :, :window], v[:, :, :window])
         rest = sliding_window_attention(q[:, :, window:], k[:, :, window:], v[:, :, window:], past,
-                                        scale, bias, window, dropout_p)
+                                        scale, relative_bias, window, dropout_p)
         return torch.cat([first, rest], 2)
     B, H, L, D = q.shape
-    n = L // window
-    qw, kw, vw = (_windows(t, window) for t in (q * scale.view(1, H, 1, 1), k, v))  # (B, H, n, W, D)
-    keys = torch.cat([torch.cat([prev[0].unsqueeze(2), kw[:, :, :-1]], 2), kw], 3)  # (B, H, n, 2W, D)
-    values = torch.cat([torch.cat([prev[1].unsqueeze(2), vw[:, :, :-1]], 2), vw], 3)
-    mask = logit_bias(scale, bias, allowed_keys(window, 2 * window, window, q.device))
-    per_window = lambda t: t.transpose(1, 2).reshape(B * n, H, *t.shape[-2:])  # (B·n, H, ·, D)
-    out = attend(per_window(qw), per_window(keys), per_window(values), mask, dropout_p)
-    return out.view(B, n, H, window, D).transpose(1, 2).reshape(B, H, L, D)
+    C = query_block(window)
+    m = L // C
+    keys, values = (_blocks(torch.cat([p, t], 2), window + C, C) for p, t in zip(prev, (k, v)))  # (B, m, H, W+C, D)
+    queries = (q * scale.view(1, H, 1, 1)).view(B, H, m, C, D).transpose(1, 2)  # (B, m, H, C, D)
+    mask = logit_bias(scale, relative_bias(C, window + C), allowed_keys(C, window + C, window, q.device))
+    flat = lambda t: t.reshape(B * m, H, *t.shape[-2:])
+    out = attend(flat(queries), flat(keys), flat(values), mask, dropout_p)  # (B·m, H, C, D)
+    return out.view(B, m, H, C, D).transpose(1, 2).reshape(B, H, L, D)
+
+
+def query_block(window: int) -> int:
+    """Queries attend in blocks of C (128, or W when W is not a multiple of it) to the W + C keys
+    they can see: a W-wide band of keys costs (W + C)/W of the useful work instead of 2."""
+    return QUERY_BLOCK if window % QUERY_BLOCK == 0 else window
+
+
+def _blocks(x: torch.Tensor, size: int, step: int) -> torch.Tensor:
+    """(B, H, S, D) -> (B, (S - size)/step + 1, H, size, D): overlapping blocks along S."""
+    return x.unfold(2, size, step).permute(0, 2, 1, 4, 3)
 
 
 def first_window_attention(q, k, v, scale, bias, window: int, dropout_p: float = 0.0) -> torch.Tensor:
@@ -91,9 +101,10 @@ def first_window_attention(q, k, v, scale, bias, window: int, dropout_p: float =
     return attend(q * scale.view(1, -1, 1, 1), keys, values, mask, dropout_p)
 
 
-def sliding_window_attention_reference(q, k, v, prev, scale, bias, window: int) -> torch.Tensor:
+def sliding_window_attention_reference(q, k, v, prev, scale, relative_bias, window: int) -> torch.Tensor:
     """The same, one window at a time with an explicit softmax (no dropout)."""
     B, H, L, D = q.shape
+    bias = relative_bias(window, 2 * window)  # (H, W, 2W): a window over [previous window; window]
     outputs = []
     for start in range(0, L, window):
         qw, kw, vw = (t[:, :, start:start + window] for t in (q, k, v))

@@ -258,13 +258,12 @@ def test_stock_eval_lm_scores_every_document_token_once(data, documents):
 
 def test_fairseq_trainer_iterates_two_epochs_and_validation(data):
     """fairseq's own Trainer.get_train_iterator / get_valid_iterator, as fairseq-train calls them
-    (a DataLoader worker process each epoch); the stock model cannot take start_of_sequence, so
-    no training step."""
+    (a DataLoader worker process each epoch), with a model that carries state (so batches have
+    start_of_sequence); no training step."""
     from fairseq.trainer import Trainer
 
-    argv = [str(data["root"]), "--task", "long_document_lm", "--arch", "transformer_lm", "--cpu",
-            "--decoder-layers", "1", "--decoder-embed-dim", "16", "--decoder-ffn-embed-dim", "16",
-            "--decoder-attention-heads", "2", "--tokens-per-sample", str(L), "--batch-size", "3",
+    argv = [str(data["root"]), "--task", "long_document_lm", "--arch", "txl_sliding_window_tiny", "--cpu",
+            "--window-length", str(L), "--tokens-per-sample", str(L), "--batch-size", "3",
             "--batch-size-valid", "2", "--num-workers", "1", "--optimizer", "adam", "--lr", "1e-3"]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     task = tasks.setup_task(cfg.task)

@@ -21,7 +21,7 @@ PROGRAMS = (".venv/bin/fairseq-train", ".venv/bin/fairseq-hydra-train", ".venv/b
 UPDATES = 3
 # flag -> value at test size (the flag is only replaced where the README gives it)
 TINY_VALUES = {"--max-update": UPDATES, "--total-num-update": UPDATES, "--warmup-updates": 1,
-               "--batch-size": 4, "--tokens-per-sample": 64, "--vocab-size": 500}
+               "--batch-size": 4, "--tokens-per-sample": 64, "--vocab-size": 300}
 SIZE_SUFFIX = re.compile(r"_(small|base|large|paper)$")
 
 
@@ -106,7 +106,8 @@ def documents(tiny_text, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("documents")
     for split, source in (("train", "train.txt"), ("valid", "valid.txt"), ("test", "valid.txt")):
         (root / split).mkdir()
-        for i, doc in enumerate((tiny_text / source).read_text().split("\n = ")[:4]):
+        docs = [doc for doc in (tiny_text / source).read_text().split("\n = ") if doc.strip()]
+        for i, doc in enumerate(docs[:4]):
             (root / split / f"{i}.txt").write_text(doc)
     return root
 
@@ -134,5 +135,5 @@ def test_readme_command_runs_at_tiny_size(argv, tiny_data, tiny_text, documents,
     if "fairseq_ext.data.prepare" in argv:
         assert all((tmp_path / "prepared" / f).is_file() for f in ("dict.txt", "train.bin", "valid.bin"))
     else:
-        assert f"num_updates {UPDATES}" in output or f'"num_updates": "{UPDATES}"' in output, output[-3000:]
+        assert re.search(rf"num_updates\W+{UPDATES}\b", output), output[-3000:]  # simple and json logs
         assert (save_dir / "checkpoint_last.pt").is_file()

@@ -1,6 +1,9 @@
 """Print fill_mask answers of a trained masked LM of fairseq_ext.
 
     python examples/fill_mask.py CHECKPOINT_DIR --data DATA_DIR "A sentence with a <mask>." ...
+    python examples/fill_mask.py checkpoints/pg-sample-zero-clap-small --checkpoint model.pt "It was a <mask> night."
+
+(the second is the checkpoint shipped with the repository: dict and sentencepiece model beside it).
 
 Loads with ``RobertaModel.from_pretrained`` (through ``fairseq_ext.hub``, which passes the
 plugin's user dir and the sentencepiece model), so it works for every masked LM of the plugin.

@@ -86,7 +86,7 @@ def test_resumed_run_matches_uninterrupted_run(tiny_data, tmp_path):
 def test_hydra_train_from_yaml(tiny_data, tmp_path):
     proc = run_fairseq(["fairseq-hydra-train", "--config-dir", REPO / "hydra_configs" / "quickstart",
                         "--config-name", "small", f"task.data={tiny_data}", f"common.user_dir={USER_DIR}",
-                        "model._name=roberta_ext_baseline_tiny", "task.tokens_per_sample=64",
+                        "model._name=roberta_ext_zero_clap_tiny", "task.tokens_per_sample=64",
                         "optimization.max_update=4", f"checkpoint.save_dir={tmp_path / 'ckpt'}"], cwd=tmp_path)
     assert "done training" in proc.stdout + proc.stderr
     assert (tmp_path / "ckpt" / "checkpoint_last.pt").is_file()

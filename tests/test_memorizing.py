@@ -3,6 +3,8 @@ memory's life (reset at a document start, one copy per mode, never the current s
 wrap-around), fast path = reference for the whole model, incremental decoding, build-time
 errors; then one short fairseq-train and a fairseq-eval-lm of its checkpoint."""
 import argparse
+import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -153,8 +155,8 @@ def test_the_memory_matters_and_a_document_start_empties_it():
     model(doc1a[:, :L], start_of_sequence=torch.tensor([True]))
     with_memory = model(doc2[:, :L], start_of_sequence=torch.tensor([False]))[0]
     model(doc1a[:, :L], start_of_sequence=torch.tensor([True]))
-    memory = memory_of(model)
-    memory[2].zero_()  # same cache, emptied memory
+    for t in memory_of(model):  # the same cache, an emptied memory
+        t.zero_()
     without = model(doc2[:, :L], start_of_sequence=torch.tensor([False]))[0]
     assert not torch.allclose(with_memory, without)
 
@@ -261,3 +263,50 @@ def test_memory_layers_count_from_the_top():
     kinds = [type(layer.attention).__name__ for layer in model.decoder.layers]
     assert kinds == ["WindowedSelfAttention"] * 2 + ["MemoryAttention"] + ["WindowedSelfAttention"] * 2 \
         + ["MemoryAttention"]
+
+
+# ---- real fairseq processes ------------------------------------------------------------------
+
+SEGMENT = 64  # the tiny arch: W 32, a 256-slot memory in its top layer, k 32
+
+
+@pytest.fixture(scope="module")
+def trained(book_data, tmp_path_factory):
+    from helpers import run_fairseq, USER_DIR
+
+    save = tmp_path_factory.mktemp("memorizing")
+    proc = run_fairseq(["fairseq-train", str(book_data), "--user-dir", USER_DIR, "--task", "long_document_lm",
+                        "--arch", "memorizing_tiny", "--criterion", "cross_entropy",
+                        "--tokens-per-sample", str(SEGMENT), "--batch-size", "2", "--optimizer", "adam",
+                        "--lr", "1e-2", "--lr-scheduler", "fixed", "--max-update", "12", "--cpu",
+                        "--num-workers", "0", "--log-format", "json", "--log-interval", "1",
+                        "--save-dir", str(save), "--no-epoch-checkpoints", "--seed", "3",
+                        "--validate-interval-updates", "6", "--dropout", "0", "--attention-dropout", "0"])
+    return save, proc.stdout + proc.stderr
+
+
+def test_fairseq_train_lowers_the_loss_and_saves_the_training_memory(trained):
+    from helpers import json_log_records
+
+    save, output = trained
+    losses = [float(r["loss"]) for r in json_log_records(output)]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
+    assert json_log_records(output, prefix="valid"), "validation ran"
+    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    memory = [v for k, v in state.items() if k.endswith("memory._extra_state")]
+    assert len(memory) == 1  # the top layer of 2
+    keys, values, count = memory[0]["train"]
+    assert keys.shape == values.shape == (2, 4, 256, 16)
+    assert (count > 0).all() and (count % SEGMENT == 0).all()
+
+
+def test_fairseq_eval_lm_streams_the_test_books_through_the_memory(trained, book_data):
+    from helpers import run_fairseq, USER_DIR
+
+    save, _ = trained
+    proc = run_fairseq(["fairseq-eval-lm", str(book_data), "--path", str(save / "checkpoint_last.pt"),
+                        "--user-dir", USER_DIR, "--task", "long_document_lm", "--gen-subset", "test",
+                        "--batch-size", "2", "--tokens-per-sample", str(SEGMENT), "--cpu"])
+    bits = float(re.search(r"Loss \(base 2\): ([0-9.]+)", proc.stdout + proc.stderr).group(1))
+    assert bits < math.log2(500)  # better than uniform over the 500-piece vocabulary

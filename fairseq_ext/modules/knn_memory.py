@@ -159,7 +159,9 @@ class KnnMemory(ModeState):
 
     def lanes(self, training: bool, start_of_sequence: torch.Tensor, like: torch.Tensor) -> Memory:
         """This mode's memory for a segment: a fresh copy (so writing into it leaves the stored
-        one alone until ``store``), with the lanes that start a document emptied. like: (B, H, T, d_h)."""
+        one alone until ``store``; one pass over the memory, cheap next to the search, which
+        reads all of it for every query), with the lanes that start a document emptied.
+        like: (B, H, T, d_h)."""
         _, H, _, d = like.shape
         return self.lanes_or_reset(training, start_of_sequence, empty_memory(1, H, self.size, d, like.device))
 

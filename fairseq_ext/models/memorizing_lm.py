@@ -46,7 +46,8 @@ class MemorizingConfig(TxlConfig):
 
     memory_layers: str = field(default="-4", metadata={
         "help": "comma-separated 0-based indices of the layers with a kNN memory; negative counts "
-                "from the top (Meliad memory_layer_indices = (-4,): layer 8 of 12)"})
+                "from the top (Meliad memory_layer_indices = (-4,): layer 8 of 12); a list that "
+                "starts with a minus needs '=' on the command line: --memory-layers=-4,-1"})
     memory_size: int = field(default=32768, metadata={
         "help": "D: (key, value) pairs per lane and head (Meliad external_memory_32k.gin); a whole "
                 "segment is written at once, so it must be a multiple of --tokens-per-sample"})

@@ -79,6 +79,11 @@ def linear(in_features: int, out_features: int) -> nn.Linear:
     return layer
 
 
+def segment_length(args, task):
+    """--tokens-per-sample L from the model's args or the task's config (None if neither has it)."""
+    return safe_getattr(args, "tokens_per_sample") or getattr(getattr(task, "cfg", None), "tokens_per_sample", None)
+
+
 @with_incremental_state
 class WindowedSelfAttention(nn.Module):
     """Meliad's KVQ layer and sliding-window attention, with the segment cache (one per mode)
@@ -164,11 +169,11 @@ class WindowedSelfAttention(nn.Module):
 class TxlLayer(nn.Module):
     """Pre-norm: x + W_O·attn(drop(norm(x))), then + MLP(drop(norm(·))), no biases (Meliad)."""
 
-    def __init__(self, args):
+    def __init__(self, args, attention_class=None):
         super().__init__()
         d = args.decoder_embed_dim
         self.attention_norm = nn.RMSNorm(d, eps=RMS_NORM_EPS)
-        self.attention = WindowedSelfAttention(args)
+        self.attention = (attention_class or WindowedSelfAttention)(args)
         self.mlp_norm = nn.RMSNorm(d, eps=RMS_NORM_EPS)
         self.fc1 = linear(d, args.decoder_ffn_embed_dim)
         self.fc2 = linear(args.decoder_ffn_embed_dim, d)
@@ -189,10 +194,14 @@ class TxlDecoder(FairseqIncrementalDecoder):
         self.window = args.window_length
         self.embed_tokens = nn.Embedding(len(dictionary), d, padding_idx=dictionary.pad())
         nn.init.normal_(self.embed_tokens.weight, std=1.0)  # Meliad embedding_stddev = 1.0
-        self.layers = nn.ModuleList(TxlLayer(args) for _ in range(args.decoder_layers))
+        self.layers = nn.ModuleList(self.build_layer(args, i) for i in range(args.decoder_layers))
         self.final_norm = nn.RMSNorm(d, eps=RMS_NORM_EPS)
         self.final_dropout = TiledDropout(args.dropout)
         self.logit_scale = 1.0 / math.sqrt(len(dictionary) if args.logit_divisor == "vocab" else d)
+
+    def build_layer(self, args, index: int) -> TxlLayer:
+        """Layer ``index`` (0-based); a family with special layers (memory) overrides this."""
+        return TxlLayer(args)
 
     def forward(self, prev_output_tokens, start_of_sequence=None, incremental_state=None,
                 features_only: bool = False, reference: bool = False, **unused):
@@ -255,7 +264,7 @@ class TxlLanguageModel(FairseqLanguageModel):
         for name in positive:
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-        segment = safe_getattr(args, "tokens_per_sample") or getattr(getattr(task, "cfg", None), "tokens_per_sample", None)
+        segment = segment_length(args, task)
         W = args.window_length
         if segment is not None and segment % W:
             raise ValueError(f"--tokens-per-sample {segment} must be a multiple of --window-length {W} "

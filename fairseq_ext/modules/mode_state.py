@@ -44,8 +44,9 @@ class ModeState(nn.Module):
                     f"{'training' if training else 'evaluation'} state holds {had}; the number of lanes "
                     f"(--batch-size / --batch-size-valid) must stay the same within a stream")
             return tuple(e.expand(lanes, *e.shape[1:]).clone() for e in empty)
-        reset = start_of_sequence.view(-1, *([1] * (stored[0].dim() - 1)))
-        return tuple(torch.where(reset.to(s.device), e.to(s), s) for s, e in zip(stored, empty))
+        # on the device of ``empty`` (the model's): a state loaded from a checkpoint arrives on the CPU
+        reset = lambda s: start_of_sequence.view(-1, *([1] * (s.dim() - 1))).to(empty[0].device)
+        return tuple(torch.where(reset(s), e.to(s.dtype), s.to(e.device)) for s, e in zip(stored, empty))
 
     def get_extra_state(self):
         train = self._by_mode[True]

@@ -1,7 +1,7 @@
 """Every command line of the README's bash blocks runs, at tiny size, so the README cannot drift.
 
 Each `.venv/bin/fairseq-train`, `.venv/bin/fairseq-hydra-train` and `.venv/bin/python -m
-fairseq_ext...` line is run as written except for sizes and paths: the data dir becomes the
+fairseq_ext.data.prepare` line is run as written except for sizes and paths: the data dir becomes the
 tests' tiny data, the arch its `_tiny` preset, the budget a few updates, the save dir a temp dir.
 Every flag name and every other value is the README's own.
 """
@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from helpers import BIN, REPO, USER_DIR, subprocess_env
 
-PROGRAMS = (".venv/bin/fairseq-train", ".venv/bin/fairseq-hydra-train", ".venv/bin/python -m fairseq_ext.")
+PROGRAMS = (".venv/bin/fairseq-train", ".venv/bin/fairseq-hydra-train", ".venv/bin/python -m fairseq_ext.data.prepare")
 UPDATES = 3
 # flag -> value at test size (the flag is only replaced where the README gives it)
 TINY_VALUES = {"--max-update": UPDATES, "--total-num-update": UPDATES, "--warmup-updates": 1,
@@ -115,8 +115,8 @@ def documents(tiny_text, tmp_path_factory) -> Path:
 def test_readme_shows_every_family_on_the_command_line_and_in_yaml():
     archs = {_value(c, "--arch") for c in COMMANDS if "--arch" in c}
     configs = {_value(c, "--config-dir") for c in COMMANDS if "--config-dir" in c}
-    assert {a.split("_")[0] for a in archs} >= {"roberta", "glom", "elc"}, archs
-    assert configs >= {f"hydra_configs/{f}" for f in ("quickstart", "roberta_ext", "glom", "elc_bert")}, configs
+    assert {a.split("_")[0] for a in archs} >= {"roberta", "glom", "elc", "txl"}, archs
+    assert configs >= {f"hydra_configs/{f}" for f in ("quickstart", "roberta_ext", "glom", "elc_bert", "txl")}, configs
     assert sum("fairseq_ext.data.prepare" in c for c in COMMANDS) == 2
 
 

@@ -64,6 +64,40 @@ def tiny_train_args(data_dir, save_dir, arch="roberta_ext_baseline_tiny", update
             "--seed", "1", *extra]
 
 
+def build_tiny_lm(arch: str, tokens_per_sample: int, seed: int = 0, vocab: int = 40, **options):
+    """A long-document LM built in process from its arch preset for segments of
+    ``tokens_per_sample`` tokens (a stand-in task holding a ``vocab``-word dictionary), eval mode."""
+    import argparse
+    from types import SimpleNamespace
+
+    import torch
+    from fairseq.data import Dictionary
+    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+
+    import fairseq_ext  # noqa: F401  (registers)
+
+    torch.manual_seed(seed)
+    args = argparse.Namespace(arch=arch, tokens_per_sample=tokens_per_sample, **options)
+    ARCH_CONFIG_REGISTRY[arch](args)
+    dictionary = Dictionary()
+    for i in range(vocab):
+        dictionary.add_symbol(f"w{i}")
+    task = SimpleNamespace(target_dictionary=dictionary, cfg=SimpleNamespace(tokens_per_sample=tokens_per_sample))
+    return ARCH_MODEL_REGISTRY[arch].build_model(args, task).eval()
+
+
+def long_document_train_args(data, save_dir, arch: str, tokens_per_sample: int, updates: int,
+                             extra=()) -> List[str]:
+    """A few-second fairseq-train of a tiny long-document LM over streamed books on CPU
+    (2 lanes, no dropout, validation every 6 updates)."""
+    return ["fairseq-train", str(data), "--user-dir", USER_DIR, "--task", "long_document_lm",
+            "--arch", arch, "--criterion", "cross_entropy", "--tokens-per-sample", str(tokens_per_sample),
+            "--batch-size", "2", "--optimizer", "adam", "--lr", "1e-2", "--lr-scheduler", "fixed",
+            "--max-update", str(updates), "--cpu", "--num-workers", "0", "--log-format", "json",
+            "--log-interval", "1", "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--seed", "3",
+            "--validate-interval-updates", "6", "--dropout", "0", "--attention-dropout", "0", *extra]
+
+
 def set_arg(argv: List[str], flag: str, value) -> List[str]:
     """A copy of ``argv`` with ``flag``'s value replaced (or the flag appended)."""
     argv = list(argv)

@@ -2,40 +2,25 @@
 memory's life (reset at a document start, one copy per mode, never the current segment, ring
 wrap-around), fast path = reference for the whole model, incremental decoding, build-time
 errors; then one short fairseq-train and a fairseq-eval-lm of its checkpoint."""
-import argparse
 import math
 import re
-from types import SimpleNamespace
 
 import pytest
 import torch
-from fairseq.data import Dictionary
-from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
 import fairseq_ext  # noqa: F401  (registers)
 from fairseq_ext.modules.knn_memory import (bucketed_topk, empty_memory, exact_topk, filled_slots,
                                             reference_bucketed_topk, reference_exact_topk, retrieve,
                                             retrieve_reference, write)
 from fairseq_ext.modules.window_attention import unit_normalise
+from helpers import USER_DIR, build_tiny_lm, json_log_records, long_document_train_args, run_fairseq
 
 W, L = 8, 16  # window, segment
 
 
-def tiny_dictionary(size=40):
-    d = Dictionary()
-    for i in range(size):
-        d.add_symbol(f"w{i}")
-    return d
-
-
 def build(seed=0, segment=L, **options):
-    torch.manual_seed(seed)
-    args = argparse.Namespace(**{**dict(arch="memorizing_tiny", tokens_per_sample=segment, window_length=W,
-                                        memory_size=32, memory_neighbors=4, dropout=0.0,
-                                        attention_dropout=0.0), **options})
-    ARCH_CONFIG_REGISTRY[args.arch](args)
-    task = SimpleNamespace(target_dictionary=tiny_dictionary(), cfg=SimpleNamespace(tokens_per_sample=segment))
-    return ARCH_MODEL_REGISTRY[args.arch].build_model(args, task).eval()
+    return build_tiny_lm("memorizing_tiny", segment, seed, **{**dict(
+        window_length=W, memory_size=32, memory_neighbors=4, dropout=0.0, attention_dropout=0.0), **options})
 
 
 def tokens(B, T, seed=1):
@@ -269,22 +254,12 @@ SEGMENT = 64  # the tiny arch: W 32, a 256-slot memory in its top layer, k 32
 
 @pytest.fixture(scope="module")
 def trained(book_data, tmp_path_factory):
-    from helpers import run_fairseq, USER_DIR
-
     save = tmp_path_factory.mktemp("memorizing")
-    proc = run_fairseq(["fairseq-train", str(book_data), "--user-dir", USER_DIR, "--task", "long_document_lm",
-                        "--arch", "memorizing_tiny", "--criterion", "cross_entropy",
-                        "--tokens-per-sample", str(SEGMENT), "--batch-size", "2", "--optimizer", "adam",
-                        "--lr", "1e-2", "--lr-scheduler", "fixed", "--max-update", "12", "--cpu",
-                        "--num-workers", "0", "--log-format", "json", "--log-interval", "1",
-                        "--save-dir", str(save), "--no-epoch-checkpoints", "--seed", "3",
-                        "--validate-interval-updates", "6", "--dropout", "0", "--attention-dropout", "0"])
+    proc = run_fairseq(long_document_train_args(book_data, save, "memorizing_tiny", SEGMENT, updates=12))
     return save, proc.stdout + proc.stderr
 
 
 def test_fairseq_train_lowers_the_loss_and_saves_the_training_memory(trained):
-    from helpers import json_log_records
-
     save, output = trained
     losses = [float(r["loss"]) for r in json_log_records(output)]
     assert len(losses) == 12
@@ -299,8 +274,6 @@ def test_fairseq_train_lowers_the_loss_and_saves_the_training_memory(trained):
 
 
 def test_fairseq_eval_lm_streams_the_test_books_through_the_memory(trained, book_data):
-    from helpers import run_fairseq, USER_DIR
-
     save, _ = trained
     proc = run_fairseq(["fairseq-eval-lm", str(book_data), "--path", str(save / "checkpoint_last.pt"),
                         "--user-dir", USER_DIR, "--task", "long_document_lm", "--gen-subset", "test",

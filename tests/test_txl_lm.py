@@ -1,32 +1,16 @@
 """txl_lm in process: streaming = one long forward, document isolation, per-mode caches,
 checkpointed cache, incremental decoding, fast path = reference, build-time errors."""
-import argparse
-from types import SimpleNamespace
-
 import pytest
 import torch
-from fairseq.data import Dictionary
-from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 
-import fairseq_ext  # noqa: F401  (registers)
+from helpers import build_tiny_lm
 
 W, L = 8, 16  # window, segment
 
 
-def tiny_dictionary(size=40):
-    d = Dictionary()
-    for i in range(size):
-        d.add_symbol(f"w{i}")
-    return d
-
-
 def build(seed=0, **options):
-    torch.manual_seed(seed)
-    args = argparse.Namespace(**{**dict(arch="txl_sliding_window_tiny", tokens_per_sample=L, window_length=W,
-                                        dropout=0.0, attention_dropout=0.0), **options})
-    ARCH_CONFIG_REGISTRY[args.arch](args)
-    task = SimpleNamespace(target_dictionary=tiny_dictionary(), cfg=SimpleNamespace(tokens_per_sample=L))
-    return ARCH_MODEL_REGISTRY[args.arch].build_model(args, task).eval()
+    return build_tiny_lm("txl_sliding_window_tiny", L, seed, **{**dict(window_length=W, dropout=0.0,
+                                                                         attention_dropout=0.0), **options})
 
 
 def tokens(B, T, seed=1):

@@ -8,18 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, USER_DIR, json_log_records, run_fairseq, run_python, subprocess_env
+from helpers import (REPO, USER_DIR, json_log_records, long_document_train_args, run_fairseq, run_python,
+                     subprocess_env)
 
 L = 64  # segment; the tiny arch's window is 32
 
 
 def txl_args(data, save_dir, updates=12, extra=()):
-    return ["fairseq-train", str(data), "--user-dir", USER_DIR, "--task", "long_document_lm",
-            "--arch", "txl_sliding_window_tiny", "--criterion", "cross_entropy", "--tokens-per-sample", str(L),
-            "--batch-size", "2", "--optimizer", "adam", "--lr", "1e-2", "--lr-scheduler", "fixed",
-            "--max-update", str(updates), "--cpu", "--num-workers", "0", "--log-format", "json",
-            "--log-interval", "1", "--save-dir", str(save_dir), "--no-epoch-checkpoints", "--seed", "3",
-            "--validate-interval-updates", "6", "--dropout", "0", "--attention-dropout", "0", *extra]
+    return long_document_train_args(data, save_dir, "txl_sliding_window_tiny", L, updates, extra)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@
   value the user set always wins over the preset, the preset over the config's default.
 """
 import argparse
+import contextlib
 from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, Mapping, Optional
 
@@ -75,6 +76,22 @@ def fill_config_defaults(args, config_class, preset: Optional[Mapping] = None) -
             setattr(args, f.name, f.default)
         elif f.type is bool:
             setattr(args, f.name, parse_bool(value))
+
+
+@contextlib.contextmanager
+def writable_options(args):
+    """Presets and defaults are written into a model's options while it is built: a hydra
+    config (struct) is opened for that and closed again; an argparse namespace needs nothing."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_config(args):
+        yield args
+        return
+    OmegaConf.set_struct(args, False)
+    try:
+        yield args
+    finally:
+        OmegaConf.set_struct(args, True)
 
 
 def register_presets(model_name: str, presets: Dict[str, Mapping], fill: Callable,

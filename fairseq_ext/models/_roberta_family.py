@@ -12,7 +12,7 @@ from fairseq.models.roberta.model import base_architecture
 from fairseq.utils import safe_getattr
 
 from fairseq_ext.flops import DEFAULT_MASK_PROB
-from fairseq_ext.models._common import add_config_args, fill_config_defaults
+from fairseq_ext.models._common import add_config_args, fill_config_defaults, writable_options
 from fairseq_ext.modules.autocast import bf16_autocast
 from fairseq_ext.modules.factorised import FactorisedLMHead
 from fairseq_ext.modules.inference_logits import special_symbol_ids, suppress_special_logits
@@ -85,17 +85,12 @@ class PluginRobertaModel(RobertaModel):
 
     @classmethod
     def build_model(cls, args, task):
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(args):
-            OmegaConf.set_struct(args, False)
-        cls.fill_defaults(args)
-        if safe_getattr(args, "max_positions") is None:
-            args.max_positions = safe_getattr(args, "tokens_per_sample", task.max_positions())
-        refuse_layerdrop(args, cls.__name__)
-        encoder = cls.encoder_class(args, task.source_dictionary)  # initialised in cls(...) (bert_init)
-        if OmegaConf.is_config(args):
-            OmegaConf.set_struct(args, True)
+        with writable_options(args):
+            cls.fill_defaults(args)
+            if safe_getattr(args, "max_positions") is None:
+                args.max_positions = safe_getattr(args, "tokens_per_sample", task.max_positions())
+            refuse_layerdrop(args, cls.__name__)
+            encoder = cls.encoder_class(args, task.source_dictionary)  # initialised in cls(...) (bert_init)
         return cls(args, encoder)
 
     def forward(self, src_tokens, features_only=False, return_all_hiddens=False,

@@ -32,7 +32,7 @@ from fairseq.utils import safe_getattr, safe_hasattr
 from fairseq_ext.modules.alibi import alibi_bias, alibi_slopes
 from fairseq_ext.flops import DEFAULT_MASK_PROB
 from fairseq_ext.models._common import (PluginConfig, add_config_args, fill_config_defaults, fill_unset,
-                                        register_presets)
+                                        register_presets, writable_options)
 from fairseq_ext.models._roberta_family import PluginRobertaModel
 from fairseq_ext.modules.biased_encoder_layer import BiasedEncoderLayer
 
@@ -272,17 +272,12 @@ class RobertaExtModel(PluginRobertaModel):
 
     @classmethod
     def build_model(cls, args, task):
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(args):
-            OmegaConf.set_struct(args, False)
-        roberta_ext_base_architecture(args)
-        if not safe_hasattr(args, "max_positions"):
-            args.max_positions = safe_getattr(args, "tokens_per_sample", task.max_positions())
-        validate_args(args)
-        encoder = cls.encoder_class(args, task.source_dictionary)
-        if OmegaConf.is_config(args):
-            OmegaConf.set_struct(args, True)
+        with writable_options(args):
+            roberta_ext_base_architecture(args)
+            if not safe_hasattr(args, "max_positions"):
+                args.max_positions = safe_getattr(args, "tokens_per_sample", task.max_positions())
+            validate_args(args)
+            encoder = cls.encoder_class(args, task.source_dictionary)
         return cls(args, encoder)
 
     def flops_per_token(self, seq_len: int, mask_prob: float = DEFAULT_MASK_PROB) -> float:

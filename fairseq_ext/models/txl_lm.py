@@ -25,7 +25,8 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel, register_model
 from fairseq.utils import safe_getattr
 
-from fairseq_ext.models._common import PluginConfig, add_config_args, fill_config_defaults, register_presets
+from fairseq_ext.models._common import (PluginConfig, add_config_args, fill_config_defaults, register_presets,
+                                        writable_options)
 from fairseq_ext.modules.autocast import bf16_autocast
 from fairseq_ext.modules.mode_state import ModeState
 from fairseq_ext.modules.t5_relative_bias import T5RelativeBias
@@ -275,16 +276,10 @@ class TxlLanguageModel(FairseqLanguageModel):
 
     @classmethod
     def build_model(cls, args, task):
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(args):
-            OmegaConf.set_struct(args, False)
-        cls.fill_defaults(args)
-        cls.validate(args, task)
-        model = cls(cls.build_decoder(args, task))
-        if OmegaConf.is_config(args):
-            OmegaConf.set_struct(args, True)
-        return model
+        with writable_options(args):
+            cls.fill_defaults(args)
+            cls.validate(args, task)
+            return cls(cls.build_decoder(args, task))
 
     @classmethod
     def build_decoder(cls, args, task):

@@ -35,7 +35,7 @@ from fairseq.models import register_model
 
 from fairseq_ext.models._common import register_presets
 from fairseq_ext.models.txl_lm import (TXL_PRESETS, TxlConfig, TxlDecoder, TxlLanguageModel, TxlLayer,
-                                       WindowedSelfAttention, segment_length)
+                                       WindowedSelfAttention, layer_indices, segment_length)
 from fairseq_ext.modules.knn_memory import (TOPK_METHODS, KnnMemory, empty_memory, retrieve,
                                             retrieve_reference, write)
 
@@ -62,20 +62,7 @@ class MemorizingConfig(TxlConfig):
 
 def memory_layer_indices(args) -> List[int]:
     """The 0-based memory layers; bad entries raise naming --memory-layers."""
-    n = args.decoder_layers
-    indices = []
-    for text in str(args.memory_layers).split(","):
-        try:
-            index = int(text)
-        except ValueError:
-            raise ValueError(f"--memory-layers {args.memory_layers!r}: {text!r} is not a layer index") from None
-        if not -n <= index < n:
-            raise ValueError(f"--memory-layers index {index} is out of range for --decoder-layers {n} "
-                             f"(allowed {-n} ... {n - 1})")
-        indices.append(index % n)
-    if len(set(indices)) != len(indices):
-        raise ValueError(f"--memory-layers {args.memory_layers!r} names a layer twice")
-    return sorted(indices)
+    return layer_indices(args.memory_layers, args.decoder_layers, "--memory-layers")
 
 
 class MemoryAttention(WindowedSelfAttention):

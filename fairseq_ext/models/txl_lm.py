@@ -18,6 +18,8 @@ exactly); the evaluation cache always starts empty. Incremental decoding (``.sam
 """
 import math
 from dataclasses import dataclass, field
+from typing import List
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,6 +30,7 @@ from fairseq.utils import safe_getattr
 from fairseq_ext.models._common import (PluginConfig, add_config_args, fill_config_defaults, register_presets,
                                         writable_options)
 from fairseq_ext.modules.autocast import bf16_autocast
+from fairseq_ext.modules.meliad_init import linear
 from fairseq_ext.modules.mode_state import ModeState
 from fairseq_ext.modules.t5_relative_bias import T5RelativeBias
 from fairseq_ext.modules.tiled_dropout import TiledDropout
@@ -68,16 +71,22 @@ class TxlConfig(PluginConfig):
                 "('embed_dim', Meliad HEAD)"})
 
 
-def truncated_normal_(weight: torch.Tensor, fan_in: int) -> torch.Tensor:
-    """Variance scaling 1.0, fan in, truncated normal (flax): std 1/sqrt(fan_in) after truncation at 2σ."""
-    std = 1.0 / math.sqrt(fan_in) / 0.87962566103423978
-    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
-
-
-def linear(in_features: int, out_features: int) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features, bias=False)
-    truncated_normal_(layer.weight, in_features)
-    return layer
+def layer_indices(spec, num_layers: int, flag: str) -> List[int]:
+    """Sorted 0-based layer indices from a comma list (negative ones count from the top); bad
+    entries raise naming ``flag``."""
+    indices = []
+    for text in str(spec).split(","):
+        try:
+            index = int(text)
+        except ValueError:
+            raise ValueError(f"{flag} {spec!r}: {text!r} is not a layer index") from None
+        if not -num_layers <= index < num_layers:
+            raise ValueError(f"{flag} index {index} is out of range for --decoder-layers {num_layers} "
+                             f"(allowed {-num_layers} ... {num_layers - 1})")
+        indices.append(index % num_layers)
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"{flag} {spec!r} names a layer twice")
+    return sorted(indices)
 
 
 def segment_length(args, task):
@@ -182,6 +191,9 @@ class TxlLayer(nn.Module):
 
     def forward(self, x, start_of_sequence=None, incremental_state=None, reference: bool = False):
         x = x + self.attention(self.dropout(self.attention_norm(x)), start_of_sequence, incremental_state, reference)
+        return self.feed_forward(x)
+
+    def feed_forward(self, x):
         return x + self.dropout(self.fc2(F.relu(self.fc1(self.mlp_norm(x)))))
 
 
@@ -220,10 +232,14 @@ class TxlDecoder(FairseqIncrementalDecoder):
             tokens = tokens[:, -1:]
         T = tokens.shape[1]
         tokens = self.pad_to_windows(tokens, start_of_sequence, incremental_state)
-        x = self.embed_tokens(tokens)
+        x = self.run_layers(self.embed_tokens(tokens), start_of_sequence, incremental_state, reference)
+        return self.final_dropout(self.final_norm(x))[:, :T]
+
+    def run_layers(self, x, start_of_sequence=None, incremental_state=None, reference: bool = False):
+        """The layers over the embedded tokens (B, T, d); a family that runs them differently overrides this."""
         for layer in self.layers:
             x = layer(x, start_of_sequence, incremental_state, reference)
-        return self.final_dropout(self.final_norm(x))[:, :T]
+        return x
 
     def pad_to_windows(self, tokens, start_of_sequence, incremental_state):
         """A call outside a stream may have any length: pad on the right to whole windows (the

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import fairseq_ext  # noqa: F401  (registers)
-from fairseq_ext.modules.block_recurrence import GATE_TYPES, UPDATE_FORMS
+from fairseq_ext.modules.block_recurrence import GATE_TYPES, UPDATE_FORMS, StateGate, StatePath
 from helpers import (REPO, USER_DIR, build_tiny_lm, json_log_records, long_document_train_args, run_fairseq,
                      run_python, subprocess_env)
 
@@ -43,6 +43,47 @@ def recurrent(model):
 def state_of(model, training=False):
     return recurrent(model).attention.state.get(training)
 
+
+# ---- the state path ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gate, update", [("fixed", "skip"), ("lstm", "dual"), ("full", "single")])
+def test_state_scan_equals_the_explicit_softmax_reference_in_values_and_gradients(gate, update):
+    torch.manual_seed(0)
+    path = StatePath(dim=16, num_heads=2, head_dim=8, ffn_dim=32, num_states=5, gate_type=gate, update_form=update)
+    keys = F.normalize(torch.randn(3, 2, 4 * W, 8), dim=-1).requires_grad_()  # the cache and 3 windows
+    values = torch.randn(3, 2, 4 * W, 8, requires_grad=True)
+    results = []
+    for reference in (False, True):
+        state = path.initial[None].expand(3, -1, -1)
+        read_k, read_v, final = path.scan(state, keys, values, W, reference=reference)
+        loss = (read_k * read_v).sum() + final.square().sum()
+        grads = torch.autograd.grad(loss, [keys, values, *path.parameters()])
+        results.append((read_k, read_v, final, grads))
+    assert results[0][0].shape == (3, 3, 2, 5, 8)  # (B, windows, H, M, d_h)
+    for fast, slow in zip(results[0][:3] + results[0][3], results[1][:3] + results[1][3]):
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+
+
+def test_gates_start_as_in_meliad():
+    """fixed: b ~ N(0, 0.1), about half the state kept; lstm and full: b ~ N(0, 0.1) and a
+    kernel of variance 0.1 / fan_in, so the forget gate starts near σ(1) and the input gate near σ(−1)."""
+    torch.manual_seed(0)
+    d, hidden = 512, 256
+    fixed = StateGate("fixed", d, hidden)
+    assert abs(fixed.bias.std().item() - 0.1) < 0.02 and abs(torch.sigmoid(fixed.bias).mean().item() - 0.5) < 0.01
+    lstm = StateGate("lstm", d, hidden)
+    assert abs(lstm.bias.std().item() - 0.1) < 0.02
+    assert abs(lstm.weight.weight.var().item() - 0.1 / hidden) < 0.2 * 0.1 / hidden
+    s, y, h = torch.ones(4, d), torch.ones(4, d), torch.randn(4, hidden)
+    combined = lstm(s, torch.zeros_like(y), h)  # the forget gate alone
+    assert abs(combined.mean().item() - torch.sigmoid(torch.tensor(1.0)).item()) < 0.02
+    assert abs(lstm(torch.zeros_like(s), y, h).mean().item() - torch.sigmoid(torch.tensor(-1.0)).item()) < 0.02
+    full = StateGate("full", d, hidden)
+    assert full.bias.shape == (1, d) and abs(full(s, torch.zeros_like(y), h).mean().item() - 0.731) < 0.02
+    assert torch.equal(StateGate("residual", d, hidden)(s, y, h), s + y)
+
+
+# ---- the model -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options", [dict(), dict(feedback=True), dict(gate_type="lstm", state_update="dual"),
                                      dict(gate_type="full", state_update="single", recurrent_layers="-1")])

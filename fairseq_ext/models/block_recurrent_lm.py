@@ -36,7 +36,7 @@ from fairseq.models import register_model
 from fairseq_ext.models._common import register_presets
 from fairseq_ext.models.txl_lm import (TXL_PRESETS, TxlConfig, TxlDecoder, TxlLanguageModel, TxlLayer,
                                        WindowedSelfAttention, layer_indices, linear)
-from fairseq_ext.modules.block_recurrence import GATE_TYPES, UPDATE_FORMS, StatePath, cross_attention
+from fairseq_ext.modules.block_recurrence import GATE_TYPES, UPDATE_FORMS, StatePath, unmasked_attention
 from fairseq_ext.modules.mode_state import ModeState
 from fairseq_ext.modules.window_attention import (sliding_window_attention, sliding_window_attention_reference,
                                                   unit_normalise)
@@ -90,7 +90,8 @@ class StateReadingAttention(WindowedSelfAttention):
         return unit_normalise(self.query2(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2))
 
     def read_state(self, q2, state_kv, reference: bool = False):
-        return cross_attention(q2, *state_kv, self.scale2, self.dropout_p if self.training else 0.0, reference)
+        """Tokens -> states, without attention dropout (Meliad passes no dropout mask here)."""
+        return unmasked_attention(q2, *state_kv, self.scale2, reference=reference)
 
     def output(self, self_heads, cross_heads):
         """(B, H, T, d_h) each -> W_O over the 2H heads, (B, T, d)."""

@@ -8,7 +8,7 @@ updated from that window, once per window of W tokens:
 * projection (a "pure" transformer base, no dropout): n = RMSNorm(S) + P (learned state IDs),
   K_s, V_s, Q_s, Q2_s = n·W_{K,V,Q,Q2}, keys and queries unit-normalised per head;
 * the tokens of window w read S_w (the state *before* the window): softmax(a2_h q̂2·k̂_s) V_s,
-  no mask, no position bias (``cross_attention``);
+  no mask, no position bias (``unmasked_attention``);
 * the states attend to themselves (r_self, scale a^r) and to the window's 2W token keys, the
   previous window's included (r_cross, scale a2^r); c = [r_self; r_cross] over 2H heads;
 * S_{w+1} = update(S_w, c) with one of three forms and four gates (``StateUpdate``, ``StateGate``).
@@ -30,14 +30,15 @@ UPDATE_FORMS = ("single", "dual", "skip")
 RMS_NORM_EPS = 1e-6
 
 
-def cross_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: torch.Tensor,
-                    dropout_p: float = 0.0, reference: bool = False) -> torch.Tensor:
-    """Unmasked attention softmax(a_h q̂·k̂) v without position bias: q (N, H, T, D), keys and
-    values (N, H, S, D), scale (H,). Returns (N, H, T, D)."""
+def unmasked_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: torch.Tensor,
+                    reference: bool = False) -> torch.Tensor:
+    """Unmasked attention softmax(a_h q̂·k̂) v without position bias or dropout (Meliad
+    ``simple_attention`` without a mask): q (N, H, T, D), keys and values (N, H, S, D), scale (H,).
+    Returns (N, H, T, D)."""
     q = q * scale.view(1, -1, 1, 1)
     if reference:
         return torch.softmax(q @ keys.transpose(-1, -2), -1) @ values
-    return F.scaled_dot_product_attention(q, keys, values, dropout_p=dropout_p, scale=1.0)
+    return F.scaled_dot_product_attention(q, keys, values, scale=1.0)
 
 
 class StateGate(nn.Module):
@@ -135,8 +136,8 @@ class StatePath(nn.Module):
     def step(self, state, projected, keys, values, reference: bool = False) -> torch.Tensor:
         """S_{w+1} from S_w, its projection and the window's 2W token keys and values (B, H, 2W, d_h)."""
         k_s, v_s, q_s, q2_s = projected
-        r_self = cross_attention(q_s, k_s, v_s, self.scale, reference=reference)
-        r_cross = cross_attention(q2_s, keys, values, self.scale2, reference=reference)
+        r_self = unmasked_attention(q_s, k_s, v_s, self.scale, reference=reference)
+        r_cross = unmasked_attention(q2_s, keys, values, self.scale2, reference=reference)
         B, H, M, D = r_self.shape
         c = torch.cat([r_self, r_cross], 1).transpose(1, 2).reshape(B, M, 2 * H * D)
         return self.update(state, c)

@@ -216,6 +216,15 @@ def test_bad_options_fail_at_build_time_naming_the_flag(options, message):
         build(**options)
 
 
+def test_segments_of_one_window_warn_that_the_update_cannot_train(caplog):
+    build()
+    assert "one window per segment" not in caplog.text
+    model = build(segment=W).train()
+    assert "one window per segment" in caplog.text
+    model(tokens(2, W), start_of_sequence=torch.tensor([True, True]))[0].sum().backward()
+    assert recurrent(model).attention.recurrence.update.out_proj.weight.grad is None  # what the warning says
+
+
 def test_recurrent_layers_count_from_the_top_and_cost_flops():
     model = build(decoder_layers=6, recurrent_layers="-3")
     assert [hasattr(layer.attention, "recurrence") for layer in model.decoder.layers] == [False] * 3 + [True] + [False] * 2
@@ -249,6 +258,23 @@ def test_fairseq_train_lowers_the_loss_and_saves_the_training_state(trained):
     state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
     states = [v for k, v in state.items() if k.endswith("attention.state._extra_state")]
     assert len(states) == 1 and states[0]["train"][0].shape == (2, 16, 64)
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(trained, book_data, tmp_path):
+    """The checkpoint holds the training states and XL caches (and fairseq's iterator position):
+    6 + 6 updates reproduce the 12 of ``trained`` bit for bit on CPU."""
+    save, output = trained
+    run_fairseq(train_args(book_data, tmp_path, updates=6))
+    second = run_fairseq(train_args(book_data, tmp_path, updates=12))
+    whole = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    for name, value in whole.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, resumed[name]), name
+    state = lambda model: next(v for k, v in model.items() if k.endswith("attention.state._extra_state"))["train"][0]
+    assert torch.equal(state(whole), state(resumed))
+    late = lambda out: [r["loss"] for r in json_log_records(out) if int(r["num_updates"]) > 6]
+    assert late(output) == late(second.stdout + second.stderr)
 
 
 def test_whole_books_are_scored_with_the_state_carried(trained, book_data, tmp_path):

@@ -25,6 +25,7 @@ copies always start empty. A call outside a stream (no ``start_of_sequence``: ``
 a new document. Incremental decoding (``.sample()``) updates the state every W tokens, so
 generating scores every token as the whole sequence in one forward does.
 """
+import logging
 from dataclasses import dataclass, field
 from typing import List
 
@@ -35,11 +36,13 @@ from fairseq.models import register_model
 
 from fairseq_ext.models._common import register_presets
 from fairseq_ext.models.txl_lm import (TXL_PRESETS, TxlConfig, TxlDecoder, TxlLanguageModel, TxlLayer,
-                                       WindowedSelfAttention, layer_indices, linear)
+                                       WindowedSelfAttention, layer_indices, linear, segment_length)
 from fairseq_ext.modules.block_recurrence import GATE_TYPES, UPDATE_FORMS, StatePath, unmasked_attention
 from fairseq_ext.modules.mode_state import ModeState
 from fairseq_ext.modules.window_attention import (sliding_window_attention, sliding_window_attention_reference,
                                                   unit_normalise)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -302,6 +305,10 @@ class BlockRecurrentLanguageModel(TxlLanguageModel):
         if args.feedback and len(indices) != 1:
             raise ValueError(f"--feedback true needs exactly one recurrent layer (the one every other layer "
                              f"reads), got --recurrent-layers {args.recurrent_layers!r}")
+        if segment_length(args, task) == args.window_length:
+            logger.warning("--tokens-per-sample equals --window-length: with one window per segment the state "
+                           "update is never back-propagated through (truncated BPTT), so training leaves it "
+                           "untrained (and DDP finds unused parameters); Meliad trains with 8 windows per segment")
 
     @classmethod
     def build_decoder(cls, args, task):

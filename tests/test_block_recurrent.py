@@ -116,11 +116,17 @@ def test_gradients_reach_every_parameter_of_the_state_path(options):
 
 def test_a_segment_traces_as_one_graph():
     """No data-dependent control flow on the segment path: dynamo captures the whole forward in
-    one graph (the loop over windows unrolls), so torch.compile needs no graph break."""
-    model = build()
-    x = tokens(2, 3 * W)
-    compiled = torch.compile(lambda t: model(t)[0], backend="eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x), model(x)[0])
+    one graph (the loop over windows unrolls), outside a stream and for a streamed segment that
+    continues the cached states, so torch.compile needs no graph break."""
+    eager, traced = build(), build()
+    x = tokens(2, 2 * L)
+    compiled = torch.compile(lambda t, s=None: traced(t, start_of_sequence=s)[0], backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x[:, :L]), eager(x[:, :L])[0])
+    for model in (eager, traced):
+        model(x[:, :L], start_of_sequence=torch.tensor([True, True]))
+    follow = torch.tensor([False, True])
+    torch.testing.assert_close(compiled(x[:, L:], follow), eager(x[:, L:], start_of_sequence=follow)[0])
+    torch.testing.assert_close(state_of(traced)[0], state_of(eager)[0])
 
 
 def test_a_document_start_resets_the_state_per_lane():

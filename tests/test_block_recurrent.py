@@ -242,7 +242,8 @@ def test_segments_of_one_window_warn_that_the_update_cannot_train(caplog):
 
 def test_recurrent_layers_count_from_the_top_and_cost_flops():
     model = build(decoder_layers=6, recurrent_layers="-3")
-    assert [hasattr(layer.attention, "recurrence") for layer in model.decoder.layers] == [False] * 3 + [True] + [False] * 2
+    kinds = [hasattr(layer.attention, "recurrence") for layer in model.decoder.layers]
+    assert kinds == [False] * 3 + [True] + [False] * 2
     txl = build_tiny_lm("txl_sliding_window_tiny", L, window_length=W, decoder_layers=6)
     more = build(decoder_layers=6, recurrent_layers="-3", num_states=4 * M)
     assert txl.flops_per_token(L) < model.flops_per_token(L) < more.flops_per_token(L)

@@ -158,7 +158,8 @@ class RecurrentAttention(StateReadingAttention):
                                                                    torch.cat([prev[1], v], 2), W)
             B, H, L, D = q.shape
             per_window = lambda t: t.view(B, H, L // W, W, D).transpose(1, 2).flatten(0, 1)  # (B·n, H, W, D)
-            cross = self.read_state(per_window(self.queries2(x)), (state_keys.flatten(0, 1), state_values.flatten(0, 1)))
+            read = (state_keys.flatten(0, 1), state_values.flatten(0, 1))  # the state S_w each window reads
+            cross = self.read_state(per_window(self.queries2(x)), read)
             out = self.output(local, cross.view(B, L // W, H, W, D).transpose(1, 2).reshape(B, H, L, D))
             if start_of_sequence is not None:
                 self.cache.set(self.training, (k[:, :, -W:], v[:, :, -W:]))
@@ -253,7 +254,7 @@ class BlockRecurrentDecoder(TxlDecoder):
         if incremental_state is None:
             return self.feedback_windows(x, start_of_sequence, reference)
         recurrence = source.incremental_recurrence(incremental_state, x.shape[0], x)
-        state_kv = (recurrence["state_keys"], recurrence["state_values"])  # S_w, read before the recurrent layer's update
+        state_kv = (recurrence["state_keys"], recurrence["state_values"])  # S_w: the recurrent layer updates it last
         for layer in self.layers:
             x = layer(x, None, incremental_state, reference, state_kv)
         return x

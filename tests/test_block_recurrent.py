@@ -299,7 +299,7 @@ def test_whole_books_are_scored_with_the_state_carried(trained, book_data, tmp_p
     proc = subprocess.run([sys.executable, "-m", "fairseq_ext.eval.books", str(book_data), "--path",
                            str(save / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--task", "long_document_lm",
                            "--gen-subset", "test", "--batch-size", "2", "--tokens-per-sample", str(SEGMENT), "--cpu",
-                           "--json-out", str(out)], capture_output=True, text=True, timeout=300, env=subprocess_env())
+                           "--all-lanes", "true", "--json-out", str(out)], capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert len(result["books"]) == 3 and result["overall"]["loss_bits"] < math.log2(500)

@@ -89,7 +89,7 @@ def test_per_book_eval_lm_equals_a_one_book_at_a_time_loop(trained, book_data, t
     proc = subprocess.run([sys.executable, "-m", "fairseq_ext.eval.books", str(book_data), "--path",
                            str(save / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--task", "long_document_lm",
                            "--gen-subset", "test", "--batch-size", "2", "--tokens-per-sample", str(L), "--cpu",
-                           "--json-out", str(out)], capture_output=True, text=True, timeout=300, env=subprocess_env())
+                           "--all-lanes", "true", "--json-out", str(out)], capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     import json
     result = json.loads(out.read_text())

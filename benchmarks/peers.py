@@ -20,7 +20,8 @@ peer.NAME:key=value`` under our option names (``attention_head_dim``, ``memory_s
   segment's keys, as our XL cache.
 * ``peer.block_recurrent``: lucidrains/block-recurrent-transformer-pytorch's
   ``BlockRecurrentTransformer`` (one recurrent layer, block width W, M states), its XL memories
-  and states carried from one update to the next, as ours.
+  and states carried from one update to the next, as ours; ``use_flash_attn`` on by default (its
+  ``scaled_dot_product_attention`` path; the library's default, off, is an einsum attention).
 
     .venv/bin/python benchmarks/throughput.py --task language_modeling \
         --archs txl_sliding_window_small,memorizing_small,peer.memorizing_transformers ...
@@ -44,7 +45,7 @@ OPTIONS = {
     "memorizing_transformers": {"attention_head_dim": 64, "memory_size": 32768, "memory_layers": -4,
                                 "memory_neighbors": 32, "xl_max_memories": None, "fill_segments": None},
     "block_recurrent": {"attention_head_dim": 64, "window_length": 512, "num_states": None,
-                        "recurrent_layers": -3, "use_flash_attn": False},
+                        "recurrent_layers": -3, "use_flash_attn": True},
 }
 DEFAULT_SHAPE = {"layers": 12, "embed_dim": 512, "heads": 8}
 
@@ -103,7 +104,9 @@ class MemorizingTransformers:
             self.fill_segments = max(self.size // T - timed, 0) + (1 if self.xl else 0)
         self.note = (f"kNN memory of {self.size:,} entries per lane (one shared key head, faiss IndexHNSWFlat "
                      f"on the CPU, layer {layer} of {s['layers']}), k {o['memory_neighbors']}, XL memory "
-                     f"{self.xl} in every layer; filled with {self.fill_segments} segments before timing")
+                     f"{self.xl} in every layer, untied output layer; filled with {self.fill_segments} segments "
+                     "before timing" + (" (D is below the timed updates' tokens: the index empties itself during "
+                                        "timing)" if self.size // T < timed else ""))
 
     def entries(self) -> int:
         """Entries of the fullest lane's faiss index now (the fewest, over lanes)."""
@@ -146,7 +149,8 @@ class BlockRecurrent:
             num_state_vectors=states, recurrent_layers=(layer,), use_flash_attn=o["use_flash_attn"]).to(device)
         self.xl_memories, self.states = [], []
         self.note = (f"recurrent layer {layer} of {s['layers']}, block width {W}, {states} states, "
-                     f"flash attention {o['use_flash_attn']}; XL memories and states carried across updates")
+                     f"use_flash_attn {o['use_flash_attn']} (SDPA), untied output layer; XL memories and states "
+                     "carried across updates")
 
     def forward(self, tokens, labels):
         import torch

@@ -84,7 +84,8 @@ def memory_table(result: dict) -> str:
         m = r.get("memory") or {}
         fill = m.get("fill") or {}
         if fill:
-            how = (f"{fill['segments']} segments" if fill["method"] == "segments" else "written directly") + \
+            n = fill["segments"]
+            how = (f"{n} segment{'s' * (n != 1)}" if fill["method"] == "segments" else "written directly") + \
                   f", {fill.get('entries_per_lane_head', fill.get('entries_per_lane')):,} entries"
         else:
             how = "–"

@@ -9,6 +9,8 @@
 #
 # Peers need .venv-peers (bash scripts/setup_peers.sh; on a machine without a package index:
 # `bash scripts/setup_peers.sh download .peer-wheels` here, then PEER_WHEELS=.peer-wheels there).
+# PY is the plugin's interpreter (default .venv/bin/python; on the GPU machine: PY=python3 with
+# fairseq installed from shared/gpu-wheels, see docs/families/memorizing_lm.md).
 # PEER_SWEEP=1 adds memorizing-transformers-pytorch to the sweep at every D. Extra arguments go to
 # benchmarks/throughput.py (e.g. --note "..."). Shapes: Meliad small_37M (12 layers, d 512, 8 heads of
 # 64, d_ff 2048), segments of 512 = W with the XL cache (Meliad seq_512.gin), vocabulary 32000, dropout 0

@@ -365,6 +365,38 @@ def test_peer_adapter_maps_our_options_fills_the_memory_and_reports_our_figures(
         peers.run_peer({**spec, "overrides": {"memory_layers": "4"}}, channel, lib=lib, go=lambda: True)
 
 
+class _FakeBlockRecurrentTransformer(_FakeMemorizingTransformer):
+    """block-recurrent-transformer-pytorch's API: (tokens + 1 to shift, xl memories, states) in,
+    (loss, xl memories, states) out."""
+
+    calls = []
+
+    def forward(self, x, return_loss=False, xl_memories=(), states=()):
+        import torch.nn.functional as F
+
+        _FakeBlockRecurrentTransformer.calls.append((x.shape[1], len(xl_memories), len(states)))
+        h = self.embed(x[:, :-1])
+        return F.cross_entropy(self.out(h).transpose(1, 2), x[:, 1:]), [h.detach()], [h.detach()]
+
+
+def test_block_recurrent_peer_adapter_carries_memories_and_states(tmp_path):
+    import io
+    import types
+
+    from benchmarks import peers
+
+    lib = types.SimpleNamespace(BlockRecurrentTransformer=_FakeBlockRecurrentTransformer)
+    spec = _peer_spec("peer.block_recurrent", tmp_path, window_length="4", num_states="6")
+    run = peers.run_peer(spec, io.StringIO(), lib=lib, go=lambda: True)
+    built = _FakeBlockRecurrentTransformer.built
+    assert (built["block_width"], built["num_state_vectors"], built["max_seq_len"]) == (4, 6, 8)
+    assert built["recurrent_layers"] == (2,) and built["use_flash_attn"] is True  # layer -3 of 4, 1-based
+    assert _FakeBlockRecurrentTransformer.calls == [(9, 0, 0)] + [(9, 1, 1)] * 4  # 1 warm-up + 2 x 2 timed
+    assert "memory" not in run and len(run["step_times_s"]) == 2
+    with pytest.raises(ValueError, match="--seq-len 8 must be a multiple of window_length 3"):
+        peers.run_peer({**spec, "overrides": {"window_length": "3"}}, io.StringIO(), lib=lib, go=lambda: True)
+
+
 def test_a_peer_arch_needs_the_peer_interpreter(tmp_path):
     with pytest.raises(SystemExit, match="setup_peers.sh"):
         throughput.main(["--archs", "peer.block_recurrent", *MEMORY_TINY, "--peer-python", str(tmp_path / "none"),

@@ -45,8 +45,7 @@ def throughput_table(result: dict) -> str:
             "train GFLOP/token | MFU | tokens/s × | ms/update × | mem × |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
-        sets = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
-        arch = f"{r['arch']} ({sets})" if sets else r["arch"]
+        arch = _run_name(r)
         lo, hi = r["tokens_per_s_range"]
         mlo, mhi = r["ms_per_update_range"]
         fpt = r["flops_per_token"]
@@ -58,6 +57,85 @@ def throughput_table(result: dict) -> str:
             f"{_ratio(r['ratio']['tokens_per_s'])} | {_ratio(r['ratio']['ms_per_update'])} | "
             f"{_ratio(r['ratio']['peak_mem_mb'])} |")
     return "\n".join(rows)
+
+
+def _run_name(r: dict) -> str:
+    """``label: arch (its options)``; the label only where it is not the arch."""
+    swept = (r.get("swept") or {}).get("key")
+    sets = ", ".join(f"{k}={v}" for k, v in r["overrides"].items() if k != swept)
+    label = r.get("label") or r["arch"]
+    arch = label if label.split("@")[0] == r["arch"] else f"{label}: {r['arch']}"
+    return f"{arch} ({sets})" if sets else arch
+
+
+def _share(x: Optional[float]) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def memory_table(result: dict) -> str:
+    """kNN memory runs next to the baseline (the first run): memory size and fill, tokens/s and
+    peak memory, the memory path's share of the update time (measured: its forward, instrumented;
+    and the whole update's extra time over the baseline) and of the analytic FLOPs."""
+    rows = ["| run | memory D | filled before timing | tokens/s | tokens/s × | peak mem MB | memory time share "
+            "(forward, measured) | extra time vs first run | memory FLOPs share |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    base = result["runs"][0]
+    for r in result["runs"]:
+        m = r.get("memory") or {}
+        fill = m.get("fill") or {}
+        if fill:
+            n = fill["segments"]
+            how = (f"{n} segment{'s' * (n != 1)}" if fill["method"] == "segments" else "written directly") + \
+                  f", {fill.get('entries_per_lane_head', fill.get('entries_per_lane')):,} entries"
+        else:
+            how = "–"
+        extra = 1 - base["ms_per_update"] / r["ms_per_update"] if r is not base else None
+        rows.append(f"| {_run_name(r)} | {_num(fill.get('memory_size'))} | {how} | {_num(r['tokens_per_s'])} | "
+                    f"{_ratio(r['ratio']['tokens_per_s'])} | {_num(r['peak_mem_mb'])} | "
+                    f"{_share(m.get('time_share_forward'))} | {_share(extra)} | {_share(m.get('flops_share'))} |")
+    return "\n".join(rows)
+
+
+def sweep_plot(result: dict, path: Path) -> Path:
+    """Tokens/s and peak memory against the swept option (log scale when numeric), one line per
+    swept arch, the other runs as horizontal lines."""
+    import logging
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    groups: dict = {}
+    for r in runs:
+        if r.get("swept"):
+            groups.setdefault(r["swept"]["of"], []).append(r)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, (key, label) in zip(axes, (("tokens_per_s", "tokens/s"), ("peak_mem_mb", "peak memory (MB)"))):
+        numeric = True
+        for name, members in groups.items():
+            try:
+                xs = [float(r["swept"]["value"]) for r in members]
+            except ValueError:
+                numeric, xs = False, list(range(len(members)))
+            ax.plot(xs, [r[key] for r in members], marker="o", label=name)
+        for i, r in enumerate(x for x in runs if not x.get("swept")):
+            ax.axhline(r[key], linestyle="--", color=f"C{len(groups) + i}", label=r.get("label") or r["arch"])
+        if numeric and groups:
+            ax.set_xscale("log", base=2)
+        swept_keys = sorted({r["swept"]["key"] for r in runs if r.get("swept")})
+        ax.set_xlabel(", ".join(swept_keys))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{result['name']}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def compare_table(result: dict) -> str:
@@ -131,11 +209,16 @@ def section(result: dict) -> str:
                      f"{s['warmup']} warm-up; peak memory: {result['runs'][0]['memory_measure']}"
                      + (f"; MFU vs {peak} TFLOP/s bf16 peak" if peak else ""))
         table = throughput_table(result)
+        if any("memory" in r for r in result["runs"]):
+            table += "\n\n" + memory_table(result)
+        peers = [r for r in result["runs"] if r.get("peer")]
+        for r in peers:
+            table += f"\n\n- {_run_name(r)}: {r['peer']['package']} {r['peer']['version']}; {r['peer']['note']}"
     else:
         table = compare_table(result)
         budget = ", ".join(f"{k} {v}" for k, v in result["budget"].items())
         lines.append(f"- data: `{result['data']}`; budget per run: {budget}")
-        table += "".join(f"\n\n![{result['name']}]({(Path('..') / plot).as_posix()})" for plot in result.get("plots", []))
+    table += "".join(f"\n\n![{result['name']}]({(Path('..') / plot).as_posix()})" for plot in result.get("plots", []))
     return portable("\n".join(lines + ["", table, ""]))
 
 

@@ -11,10 +11,19 @@ of every ratio.
 
     python benchmarks/throughput.py --archs roberta_base,roberta_ext_baseline_base \
         --seq-len 512 --batch-size 2 --steps 3 --warmup 1 --repeats 3 --name cpu_roberta_base
+
+A long-document LM (its forward takes ``start_of_sequence``) streams: every lane starts a
+document at the first update and continues it afterwards, so caches and kNN memories carry over.
+A kNN memory is filled before timing (``--memory-fill``), and the forward time of the memory
+path is measured in extra instrumented updates. ``--archs`` entries ``peer.NAME`` are peer
+PyTorch implementations (``benchmarks/peers.py``), run in ``--peer-python`` at the same shape;
+``--sweep ARCH:key=v1,v2`` runs one arch once per value (e.g. the memory size) and plots
+tokens/s and peak memory against it.
 """
 import argparse
 import inspect
 import json
+import math
 import os
 import platform
 import resource
@@ -25,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so the script runs from anywhere, like fairseq's own scripts
@@ -48,7 +57,9 @@ TASK_ALIASES = {"language_model": "language_modeling"}
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--archs", required=True, help="comma-separated registered arch names; the first is the baseline")
+    p.add_argument("--archs", required=True,
+                   help="comma-separated [LABEL=]ARCH, ARCH a registered arch or peer.NAME (a peer implementation, "
+                        "benchmarks/peers.py); the first is the baseline; --set and --sweep name the LABEL (default ARCH)")
     p.add_argument("--task", default="masked_lm", help="fairseq task: masked_lm (or a plugin masked-LM task) or language_modeling "
                         "(alias language_model)")
     p.add_argument("--layers", type=int, help="encoder_layers / decoder_layers for every arch")
@@ -61,6 +72,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="ARCH:key=value",
                    help="extra option for one arch (fairseq option name; true/false for flags; "
                         "precision=fp16 overrides --precision for that arch); repeatable")
+    p.add_argument("--sweep", action="append", default=[], metavar="ARCH:key=v1,v2,...",
+                   help="run ARCH (a LABEL of --archs) once per value of one option, labelled ARCH@key=v, and plot "
+                        "tokens/s and peak memory against the value; repeatable (one option per ARCH)")
+    p.add_argument("--memory-fill", choices=["segments", "direct"], default="segments",
+                   help="how a kNN memory is made full before the warm-up: 'segments' streams ceil(D / seq_len) "
+                        "segments through the model (forward, no gradient); 'direct' streams one and then writes "
+                        "random unit keys into every slot (our search scores every slot whatever it holds, so the "
+                        "timing is the same; for D in the 100k's on a CPU)")
+    p.add_argument("--peer-python", default=str(REPO / ".venv-peers" / "bin" / "python"),
+                   help="interpreter with the peer libraries (scripts/setup_peers.sh) for peer.NAME archs")
     p.add_argument("--steps", type=int, default=10, help="timed updates per repeat")
     p.add_argument("--warmup", type=int, default=3, help="untimed updates before the first repeat")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median and spread reported)")
@@ -80,19 +101,62 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+PEER_PREFIX = "peer."
+
+
+def arch_labels(args: argparse.Namespace) -> Dict[str, str]:
+    """``--archs`` as {label: arch}, in order; a label is given as LABEL=ARCH, else it is the arch."""
+    out: Dict[str, str] = {}
+    for item in args.archs.split(","):
+        label, _, arch = item.rpartition("=")
+        label = label or arch
+        if not arch or label in out:
+            raise ValueError(f"--archs {args.archs}: each arch once (its --set options are keyed by its name), "
+                             "or label repeats as LABEL=ARCH")
+        out[label] = arch
+    return out
+
+
 def arch_overrides(args: argparse.Namespace) -> Dict[str, Dict[str, str]]:
-    """``--set ARCH:key=value`` as {arch: {key: value}}; bad entries fail with the flag named."""
-    archs = args.archs.split(",")
-    if len(set(archs)) != len(archs):
-        raise ValueError(f"--archs {args.archs}: each arch once (its --set options are keyed by its name)")
-    out: Dict[str, Dict[str, str]] = {a: {} for a in archs}
+    """``--set ARCH:key=value`` as {label: {key: value}}; bad entries fail with the flag named."""
+    labels = list(arch_labels(args))
+    out: Dict[str, Dict[str, str]] = {a: {} for a in labels}
     for item in args.set:
         arch, sep, kv = item.partition(":")
         key, eq, value = kv.partition("=")
         if not (sep and eq and key) or arch not in out:
-            raise ValueError(f"--set {item!r}: expected ARCH:key=value with ARCH one of --archs {archs}")
+            raise ValueError(f"--set {item!r}: expected ARCH:key=value with ARCH one of --archs {labels}")
         out[arch][key.replace("-", "_")] = value
     return out
+
+
+def sweeps(args: argparse.Namespace) -> Dict[str, tuple]:
+    """``--sweep ARCH:key=v1,v2`` as {label: (key, [values])}; bad entries fail with the flag named."""
+    labels = list(arch_labels(args))
+    out: Dict[str, tuple] = {}
+    for item in args.sweep:
+        arch, sep, kv = item.partition(":")
+        key, eq, values = kv.partition("=")
+        if not (sep and eq and key and values) or arch not in labels or arch in out:
+            raise ValueError(f"--sweep {item!r}: expected ARCH:key=v1,v2,... with ARCH one of --archs {labels}, "
+                             "one --sweep per arch")
+        out[arch] = (key.replace("-", "_"), values.split(","))
+    return out
+
+
+def expand_runs(args: argparse.Namespace) -> List[dict]:
+    """One {label, arch, overrides, swept} per run: every --archs entry, a swept one once per value."""
+    overrides, swept = arch_overrides(args), sweeps(args)
+    runs = []
+    for label, arch in arch_labels(args).items():
+        if label not in swept:
+            runs.append({"label": label, "arch": arch, "overrides": dict(overrides[label]), "swept": None})
+            continue
+        key, values = swept[label]
+        for value in values:
+            runs.append({"label": f"{label}@{key}={value}", "arch": arch, "swept": {"of": label, "key": key, "value": value},
+                         "overrides": {**overrides[label], key: value}})
+    return runs
 
 
 def option_argv(options: Dict[str, str], actions: Dict[str, argparse.Action], arch: str) -> List[str]:
@@ -189,11 +253,139 @@ def say(channel, word: str) -> None:
     channel.flush()
 
 
+def timed_repeats(step, spec: dict, channel, sync, go=None) -> List[float]:
+    """``--warmup`` untimed calls of ``step``, "ready" on ``channel``, then per repeat (when ``go()``
+    says so: the parent's "go" on stdin, so repeats of several processes can alternate) ``--steps``
+    timed calls and "done". Seconds per repeat; ``sync`` waits for the device."""
+    go = go or (lambda: sys.stdin.readline().strip() == "go")
+
+    def steps(n: int) -> float:
+        sync()
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        sync()
+        return time.perf_counter() - start
+
+    steps(spec["warmup"])
+    times = []
+    say(channel, "ready")
+    for _ in range(spec["repeats"]):
+        if not go():
+            raise SystemExit("benchmark worker: parent went away")
+        times.append(steps(spec["steps"]))
+        say(channel, "done")
+    return times
+
+
+def device_sync(cuda: bool):
+    import torch
+
+    return torch.cuda.synchronize if cuda else (lambda: None)
+
+
+def peak_memory(cuda: bool, rss0: float) -> dict:
+    """Peak memory of this process: the device's on CUDA, else the resident set above ``rss0``;
+    the host's peak resident set too (a peer's faiss index lives there even on CUDA)."""
+    import torch
+
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if cuda:
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20, "host_peak_rss_mb": host,
+                "memory_measure": "cuda max_memory_allocated"}
+    return {"peak_mem_mb": host - rss0, "host_peak_rss_mb": host,
+            "memory_measure": "ru_maxrss - rss before model build"}
+
+
+def memory_layers(model) -> list:
+    from fairseq_ext.models.memorizing_lm import MemoryAttention
+
+    return [m for m in model.modules() if isinstance(m, MemoryAttention)]
+
+
+def fill_memory(model, net_input: dict, spec: dict) -> Optional[dict]:
+    """Make every kNN memory of ``model`` full before timing (see --memory-fill); None without one.
+    ``net_input`` holds a (B,) ``start_of_sequence``, set to False afterwards (lanes continue)."""
+    import torch
+
+    from fairseq_ext.modules.window_attention import unit_normalise
+
+    layers = memory_layers(model)
+    if not layers:
+        return None
+    size, T = max(layer.memory.size for layer in layers), spec["seq_len"]
+    direct = spec["memory_fill"] == "direct"
+    segments = 1 if direct else math.ceil(size / T)  # direct: one segment starts the documents (and caches)
+    model.train()
+    with torch.no_grad():
+        for i in range(segments):
+            net_input["start_of_sequence"].fill_(i == 0)
+            model(**net_input)
+    if direct:
+        B = net_input["src_tokens"].shape[0]
+        device = next(model.parameters()).device
+        torch.manual_seed(0)
+        for layer in layers:
+            shape = (B, layer.num_heads, layer.memory.size, layer.head_dim)
+            keys, values = unit_normalise(torch.randn(*shape, device=device)), torch.randn(*shape, device=device)
+            layer.memory.store(True, (keys, values, torch.full((B,), layer.memory.size, device=device)))
+    net_input["start_of_sequence"].fill_(False)
+    count = layers[0].memory.get(True)[2]
+    return {"method": spec["memory_fill"], "segments": segments, "memory_size": size,
+            "entries_per_lane_head": int(count.min().clamp(max=size))}
+
+
+def memory_time_share(model, step, steps: int, sync) -> float:
+    """Share of an update's wall time spent in the forward of the memory path of the memory layers
+    (reset copy, search, gather, external attention, gate, write: ``MemoryAttention.segment_heads``
+    minus the local attention it calls), over ``steps`` extra updates, synchronised around each
+    timed region. The backward of the external attention (a few k-sized einsums) is not in it."""
+    from fairseq_ext.models.memorizing_lm import MemoryAttention
+    from fairseq_ext.models.txl_lm import WindowedSelfAttention
+
+    spent = {"outer": 0.0, "inner": 0.0}
+    originals = {cls: cls.__dict__["segment_heads"] for cls in (MemoryAttention, WindowedSelfAttention)}
+
+    def clocked(key, fn):
+        def wrapped(self, *args, **kwargs):
+            if not isinstance(self, MemoryAttention):
+                return fn(self, *args, **kwargs)
+            sync()
+            start = time.perf_counter()
+            out = fn(self, *args, **kwargs)
+            sync()
+            spent[key] += time.perf_counter() - start
+            return out
+        return wrapped
+
+    MemoryAttention.segment_heads = clocked("outer", originals[MemoryAttention])
+    WindowedSelfAttention.segment_heads = clocked("inner", originals[WindowedSelfAttention])
+    try:
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        total = time.perf_counter() - start
+    finally:
+        for cls, fn in originals.items():
+            setattr(cls, "segment_heads", fn)
+    return (spent["outer"] - spent["inner"]) / total
+
+
+def memory_flops_share(model, seq_len: int) -> float:
+    """The memory's share of the analytic training FLOPs: what ``flops_per_token`` adds to txl_lm's."""
+    from fairseq_ext.models.txl_lm import TxlLanguageModel
+
+    total = model.flops_per_token(seq_len)
+    return (total - TxlLanguageModel.flops_per_token(model, seq_len)) / total
+
+
 def run_worker(spec: dict, channel) -> dict:
     """Build one arch through fairseq and time real training steps (in this fresh process),
     one repeat each time the parent writes "go" on stdin; "ready"/"done" go to ``channel``."""
     import torch
-    from fairseq import tasks
+    from fairseq import tasks, utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.trainer import Trainer
 
@@ -215,42 +407,49 @@ def run_worker(spec: dict, channel) -> dict:
         criterion = task.build_criterion(cfg.criterion)
     trainer = Trainer(cfg, task, model, criterion)
     sample = synthetic_batch(task, spec, task.source_dictionary)
+    fill = None
     if "start_of_sequence" in inspect.signature(model.forward).parameters:
-        # a long-document LM streams: every lane starts a document, so the cache is reset and
-        # rewritten each step (the same work as continuing one)
-        sample["net_input"]["start_of_sequence"] = torch.ones(spec["batch_size"], dtype=torch.bool)
+        # a long-document LM streams: every lane starts a document (the memory is filled first, if
+        # any), and continues it at every later update, so its cache and memory carry over
+        flags = torch.ones(spec["batch_size"], dtype=torch.bool)
+        sample["net_input"]["start_of_sequence"] = flags
+        net_input = utils.move_to_cuda(dict(sample["net_input"])) if cuda else dict(sample["net_input"])
+        net_input["start_of_sequence"] = flags.to(net_input["src_tokens"].device)
+        fill = fill_memory(model, net_input, spec)
+        if fill is not None:
+            flags.fill_(False)
 
-    def steps(n: int) -> float:
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(n):
+        def step():
             trainer.train_step([sample])
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    steps(spec["warmup"])
-    times = []
-    say(channel, "ready")
-    for _ in range(spec["repeats"]):  # a repeat runs when the parent says so (interleaving)
-        if sys.stdin.readline().strip() != "go":
-            raise SystemExit("benchmark worker: parent went away")
-        times.append(steps(spec["steps"]))
-        say(channel, "done")
-    if cuda:
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+            flags.fill_(False)  # after the first update, every lane continues its document
     else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+        def step():
+            trainer.train_step([sample])
+
+    sync = device_sync(cuda)
+    times = timed_repeats(step, spec, channel, sync)
     mask_prob = getattr(task.cfg, "mask_prob", 0.15) if hasattr(task, "mask_idx") else 1.0
-    return {
-        "arch": spec["arch"], "precision": spec["precision"], "overrides": spec["overrides"],
+    run = {
+        "arch": spec["arch"], "label": spec["label"], "precision": spec["precision"], "overrides": spec["overrides"],
         "params": sum(p.numel() for p in model.parameters()),
         "flops_per_token": model_flops_per_token(model, spec["seq_len"], mask_prob or 1.0),
         "step_times_s": [t / spec["steps"] for t in times],
-        "peak_mem_mb": peak_mb,
-        "memory_measure": "cuda max_memory_allocated" if cuda else "ru_maxrss - rss before model build",
+        **peak_memory(cuda, rss0),
     }
+    if fill is not None:
+        run["memory"] = {"fill": fill, "time_share_forward": memory_time_share(model, step, spec["steps"], sync),
+                         "flops_share": memory_flops_share(model, spec["seq_len"]), "profiled_updates": spec["steps"]}
+    return run
+
+
+def serve_worker(spec_path: str, run) -> None:
+    """The worker side of the protocol: ``run(spec, channel)``'s result to the spec's ``out``."""
+    channel = os.fdopen(os.dup(1), "w")  # the protocol keeps stdout; anything printed goes to stderr
+    os.dup2(2, 1)
+    spec = json.loads(Path(spec_path).read_text())
+    result = run(spec, channel)
+    Path(spec["out"]).write_text(json.dumps(result))
+    channel.close()
 
 
 def summarize(run: dict, spec: dict, peak_tflops) -> dict:
@@ -295,30 +494,32 @@ def lookup_peak(gpu_name: str):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.worker:
-        channel = os.fdopen(os.dup(1), "w")  # the protocol keeps stdout; anything printed goes to stderr
-        os.dup2(2, 1)
-        spec = json.loads(Path(args.worker).read_text())
-        result = run_worker(spec, channel)
-        Path(spec["out"]).write_text(json.dumps(result))
-        channel.close()
+        serve_worker(args.worker, run_worker)
         return {}
     args.task = TASK_ALIASES.get(args.task, args.task)
-    overrides = arch_overrides(args)
+    planned = expand_runs(args)
     shape = {k: getattr(args, k) for k in SHAPE_OPTIONS}
     machine = machine_info(args.device)
     peak = args.peak_tflops or (lookup_peak(machine.get("gpu", "")) if args.device == "cuda" else None)
     interleave = args.interleave if args.interleave is not None else args.device == "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         specs = []
-        for i, arch in enumerate(args.archs.split(",")):
-            extra = dict(overrides[arch])
-            specs.append({"arch": arch, "task": args.task, "shape": shape, "seq_len": args.seq_len,
+        for i, planned_run in enumerate(planned):
+            extra = dict(planned_run["overrides"])
+            specs.append({"arch": planned_run["arch"], "label": planned_run["label"], "swept": planned_run["swept"],
+                          "task": args.task, "shape": shape, "seq_len": args.seq_len,
                           "batch_size": args.batch_size, "vocab_size": args.vocab_size,
                           "precision": extra.pop("precision", args.precision), "overrides": extra,
                           "optimizer": args.optimizer, "device": args.device, "steps": args.steps,
-                          "warmup": args.warmup, "repeats": args.repeats, "out": f"{tmp}/{i}.out.json"})
+                          "warmup": args.warmup, "repeats": args.repeats, "memory_fill": args.memory_fill,
+                          "peer_python": args.peer_python, "tmp": tmp, "out": f"{tmp}/{i}.out.json"})
         run_workers(specs, Path(tmp), interleave)
-        runs = [summarize(json.loads(Path(spec["out"]).read_text()), spec, peak) for spec in specs]
+        runs = []
+        for spec in specs:
+            run = summarize(json.loads(Path(spec["out"]).read_text()), spec, peak)
+            if spec["swept"]:
+                run["swept"] = spec["swept"]
+            runs.append(run)
     add_ratios(runs)
     result = {
         "kind": "throughput", "name": args.name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -329,8 +530,13 @@ def main(argv=None) -> dict:
     }
     out = Path(args.results_dir) / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        png = results.sweep_plot(result, out.with_suffix(".png"))
+        result["plots"] = [str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png)]
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(results.throughput_table(result))
+    if any("memory" in run for run in runs):
+        print(results.memory_table(result))
     if not args.no_docs:
         results.write_results_md()
     return result
@@ -340,13 +546,19 @@ class Worker:
     """One arch's benchmark process; its log goes to a file, shown only when it fails."""
 
     def __init__(self, spec: dict, tmp: Path, index: int):
-        self.arch = spec["arch"]
+        self.arch = spec["label"]
         (tmp / f"{index}.json").write_text(json.dumps(spec))
         self.log_path = tmp / f"{index}.log"
+        if spec["arch"].startswith(PEER_PREFIX):  # a peer implementation, in the peers' interpreter
+            if not Path(spec["peer_python"]).exists():
+                raise SystemExit(f"{spec['arch']}: no peer interpreter {spec['peer_python']} "
+                                 "(run scripts/setup_peers.sh, or give --peer-python)")
+            command = [spec["peer_python"], str(REPO / "benchmarks" / "peers.py"), "--worker", str(tmp / f"{index}.json")]
+        else:
+            command = [sys.executable, __file__, "--archs", "-", "--name", "-", "--worker", str(tmp / f"{index}.json")]
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, __file__, "--archs", "-", "--name", "-", "--worker", str(tmp / f"{index}.json")],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=worker_env())
+            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                         text=True, env=worker_env())
         print(f"[throughput] {self.arch}: building, warming up", file=sys.stderr, flush=True)
 
     def expect(self, word: str) -> None:

@@ -225,3 +225,179 @@ def test_set_option_errors_name_the_flag():
         throughput.arch_overrides(throughput.parse_args(["--archs", "a,a", "--name", "x"]))
     args = throughput.parse_args(["--archs", "a,b", "--name", "x", "--set", "b:alibi=true", "--set", "b:k=2"])
     assert throughput.arch_overrides(args) == {"a": {}, "b": {"alibi": "true", "k": "2"}}
+
+
+# ---- long-document LMs: kNN memory sweep, peers --------------------------------------------
+
+MEMORY_TINY = ["--task", "language_modeling", "--layers", "2", "--embed-dim", "32", "--ffn-dim", "64",
+               "--heads", "2", "--seq-len", "32", "--batch-size", "2", "--vocab-size", "100",
+               "--steps", "1", "--warmup", "1", "--repeats", "2"]
+
+
+def test_memory_sweep_fills_the_memory_and_measures_its_share(tmp_path):
+    """txl_lm without memory, then memorizing_lm at D 64 and 128 (2 and 4 segments of 32): each
+    memory full before timing, its time share measured, its FLOPs share the analytic one; one
+    JSON with a plot that RESULTS.md embeds."""
+    out = tmp_path / "results"
+    result = throughput.main(["--archs", "txl=txl_sliding_window_tiny,memorizing_tiny", *MEMORY_TINY,
+                              "--sweep", "memorizing_tiny:memory_size=64,128", "--set", "memorizing_tiny:memory_layers=0",
+                              "--name", "sweep", "--results-dir", str(out), "--no-docs"])
+    saved = json.loads((out / "sweep.json").read_text())
+    txl, small, large = saved["runs"]
+    assert [r["label"] for r in saved["runs"]] == ["txl", "memorizing_tiny@memory_size=64", "memorizing_tiny@memory_size=128"]
+    assert "memory" not in txl and small["swept"] == {"of": "memorizing_tiny", "key": "memory_size", "value": "64"}
+    d_h, k = 16, 32  # the tiny preset's head width; k = memory_neighbors
+    for run, D in ((small, 64), (large, 128)):
+        m = run["memory"]
+        assert m["fill"] == {"method": "segments", "segments": D // 32, "memory_size": D, "entries_per_lane_head": D}
+        assert 0 < m["time_share_forward"] < 1
+        memory_flops = 2 * D * 2 * d_h + 3 * 4 * k * 2 * d_h  # search (forward only) + external attention
+        assert m["flops_share"] == pytest.approx(memory_flops / run["flops_per_token"])
+        assert run["flops_per_token"] - txl["flops_per_token"] == pytest.approx(memory_flops)
+    assert result["plots"] == [str(out / "sweep.png")]
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = _table_rows(results.memory_table(saved))
+    assert [r[0].strip() for r in rows] == ["txl: txl_sliding_window_tiny", "memorizing_tiny@memory_size=64 (memory_layers=0)",
+                                            "memorizing_tiny@memory_size=128 (memory_layers=0)"]
+    assert rows[1][2].strip() == "2 segments, 64 entries" and rows[0][6].strip() == "–"
+    md = results.render(results.load_results(out))
+    assert results.memory_table(saved) in md and "sweep.png)" in md
+
+
+def test_direct_memory_fill_writes_every_slot():
+    """--memory-fill direct: one segment starts the documents, then every slot holds a unit key."""
+    import torch
+    from helpers import build_tiny_lm
+
+    model = build_tiny_lm("memorizing_tiny", 32, memory_size=128)
+    net_input = {"src_tokens": torch.randint(4, 40, (2, 32)), "start_of_sequence": torch.ones(2, dtype=torch.bool)}
+    fill = throughput.fill_memory(model, net_input, {"memory_fill": "direct", "seq_len": 32})
+    assert fill == {"method": "direct", "segments": 1, "memory_size": 128, "entries_per_lane_head": 128}
+    keys, values, count = model.decoder.layers[-1].attention.memory.get(True)
+    assert keys.shape == (2, 4, 128, 16) and count.tolist() == [128, 128] and not net_input["start_of_sequence"].any()
+    torch.testing.assert_close(keys.norm(dim=-1), torch.ones(2, 4, 128))
+    model(**net_input)  # the lanes continue their documents with the full memory
+    assert model.decoder.layers[-1].attention.memory.get(True)[2].tolist() == [160, 160]
+
+
+class _FakeIndex:
+    ntotal = 0
+
+
+class _FakeKnnMemory:
+    """memorizing-transformers-pytorch's KNNMemory as seen by the adapter: one faiss index per
+    lane that empties itself once more than D entries were added."""
+
+    def __init__(self, lanes, size):
+        self.size, self.knns = size, [type("Knn", (), {"index": _FakeIndex()})() for _ in range(lanes)]
+
+    def add(self, memories):
+        for knn in self.knns:
+            n = knn.index.ntotal + memories.shape[1]
+            knn.index.ntotal = n if n <= self.size else memories.shape[1]
+
+    def search(self, queries, k):
+        return queries.new_zeros(*queries.shape[:-1], k)
+
+
+class _FakeMemorizingTransformer(nn.Module):
+    """The peer's model API (kwargs, create_knn_memories, forward -> (loss, xl memories)): the
+    previous segment's keys go to the kNN memory, so the first call adds nothing."""
+
+    built = {}
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        _FakeMemorizingTransformer.built = kwargs
+        self.embed = nn.Embedding(kwargs["num_tokens"], kwargs["dim"])
+        self.out = nn.Linear(kwargs["dim"], kwargs["num_tokens"])
+
+    def create_knn_memories(self, batch_size):
+        return [_FakeKnnMemory(batch_size, self.built["max_knn_memories"])]
+
+    def forward(self, x, knn_memories, xl_memories=None, labels=None):
+        import torch.nn.functional as F
+
+        h = self.embed(x)
+        knn_memories[0].search(h, self.built["num_retrieved_memories"])
+        if xl_memories is not None:
+            knn_memories[0].add(xl_memories)
+        return F.cross_entropy(self.out(h).transpose(1, 2), labels), h.detach()
+
+
+def _peer_spec(arch, tmp_path, **overrides):
+    return {"arch": arch, "label": arch, "shape": {"layers": 4, "embed_dim": 16, "ffn_dim": 32, "heads": 2},
+            "seq_len": 8, "batch_size": 2, "vocab_size": 50, "precision": "fp32", "device": "cpu",
+            "steps": 2, "warmup": 1, "repeats": 2, "overrides": overrides, "tmp": str(tmp_path)}
+
+
+def test_peer_adapter_maps_our_options_fills_the_memory_and_reports_our_figures(tmp_path):
+    """benchmarks.peers on a stand-in for the peer library (the real one lives in .venv-peers)."""
+    import io
+    import types
+
+    from benchmarks import peers
+
+    lib = types.SimpleNamespace(MemorizingTransformer=_FakeMemorizingTransformer)
+    channel = io.StringIO()
+    spec = _peer_spec("peer.memorizing_transformers", tmp_path, memory_size="128", memory_layers="-2",
+                      attention_head_dim="8")
+    run = peers.run_peer(spec, channel, lib=lib, go=lambda: True)
+    built = _FakeMemorizingTransformer.built
+    assert (built["depth"], built["dim"], built["heads"], built["dim_head"], built["ff_mult"]) == (4, 16, 2, 8, 2)
+    assert built["memorizing_layers"] == (3,) and built["max_knn_memories"] == 128  # layer -2 of 4, 1-based
+    assert built["num_retrieved_memories"] == 32 and built["xl_max_memories"] == 8
+    assert channel.getvalue().split() == ["ready", "done", "done"]
+    # 1 warm-up + 2 x 2 timed + 2 profiled updates add 7 x 8 entries: filled with 128/8 - 7 + 1 segments
+    # (the first adds nothing), the memory runs from 64 entries to 120, never emptying itself
+    assert run["memory"]["fill"] == {"method": "segments", "segments": 10, "memory_size": 128, "entries_per_lane": 72}
+    assert run["memory"]["entries_per_lane_timed"] == [72, 112]
+    assert 0 < run["memory"]["time_share_forward"] < 1 and run["memory"]["flops_share"] is None
+    assert set(run) >= {"arch", "label", "precision", "overrides", "params", "flops_per_token", "step_times_s",
+                        "peak_mem_mb", "memory_measure", "peer"}
+    assert len(run["step_times_s"]) == 2 and run["params"] == sum(p.numel() for p in lib.MemorizingTransformer(
+        num_tokens=50, dim=16, max_knn_memories=1).parameters())
+    summarized = throughput.summarize(run, spec, None)
+    assert summarized["tokens_per_s"] > 0 and "kNN memory of 128 entries" in run["peer"]["note"]
+    with pytest.raises(ValueError, match="peer.memorizing_transformers:memory_neighbours"):
+        peers.peer_options("memorizing_transformers", {"memory_neighbours": "4"})
+    with pytest.raises(ValueError, match="memory_layers 4 is out of range for --layers 4"):
+        peers.run_peer({**spec, "overrides": {"memory_layers": "4"}}, channel, lib=lib, go=lambda: True)
+
+
+class _FakeBlockRecurrentTransformer(_FakeMemorizingTransformer):
+    """block-recurrent-transformer-pytorch's API: (tokens + 1 to shift, xl memories, states) in,
+    (loss, xl memories, states) out."""
+
+    calls = []
+
+    def forward(self, x, return_loss=False, xl_memories=(), states=()):
+        import torch.nn.functional as F
+
+        _FakeBlockRecurrentTransformer.calls.append((x.shape[1], len(xl_memories), len(states)))
+        h = self.embed(x[:, :-1])
+        return F.cross_entropy(self.out(h).transpose(1, 2), x[:, 1:]), [h.detach()], [h.detach()]
+
+
+def test_block_recurrent_peer_adapter_carries_memories_and_states(tmp_path):
+    import io
+    import types
+
+    from benchmarks import peers
+
+    lib = types.SimpleNamespace(BlockRecurrentTransformer=_FakeBlockRecurrentTransformer)
+    spec = _peer_spec("peer.block_recurrent", tmp_path, window_length="4", num_states="6")
+    run = peers.run_peer(spec, io.StringIO(), lib=lib, go=lambda: True)
+    built = _FakeBlockRecurrentTransformer.built
+    assert (built["block_width"], built["num_state_vectors"], built["max_seq_len"]) == (4, 6, 8)
+    assert built["recurrent_layers"] == (2,) and built["use_flash_attn"] is True  # layer -3 of 4, 1-based
+    assert _FakeBlockRecurrentTransformer.calls == [(9, 0, 0)] + [(9, 1, 1)] * 4  # 1 warm-up + 2 x 2 timed
+    assert "memory" not in run and len(run["step_times_s"]) == 2
+    with pytest.raises(ValueError, match="--seq-len 8 must be a multiple of window_length 3"):
+        peers.run_peer({**spec, "overrides": {"window_length": "3"}}, io.StringIO(), lib=lib, go=lambda: True)
+
+
+def test_a_peer_arch_needs_the_peer_interpreter(tmp_path):
+    with pytest.raises(SystemExit, match="setup_peers.sh"):
+        throughput.main(["--archs", "peer.block_recurrent", *MEMORY_TINY, "--peer-python", str(tmp_path / "none"),
+                         "--name", "x", "--results-dir", str(tmp_path), "--no-docs"])

@@ -36,11 +36,20 @@ has_arch() { $PY -c "import sys, fairseq_ext; from fairseq.models import ARCH_MO
 SIZES=8192,32768,65536,131072,262144
 
 case "$WHAT" in
-  peer)  # one D (65,536: the FAIRSEQ_NOTES peer figure's maximum), the peer filled by streaming segments
-    $PY benchmarks/throughput.py "${SMALL[@]}" "${RUN[@]}" \
+  peer)  # the issue's shapes, the peer filled by streaming segments. GPU: Meliad small, batch 8 x 512,
+         # D 65,536 (the FAIRSEQ_NOTES peer figure); CPU: 4 layers, d 256, 4 heads of 64, batch 2 x 256,
+         # D 32,768 (where the peer runs 1.0k tokens/s at 8k entries), window = segment
+    if [ "$DEVICE" = cuda ]; then
+      SHAPE=("${SMALL[@]}"); BATCH=8; D=65536; W=512
+    else
+      SHAPE=(--task language_modeling --layers 4 --embed-dim 256 --ffn-dim 1024 --heads 4 --seq-len 256
+             --vocab-size 32000); BATCH=2; D=32768; W=256
+    fi
+    $PY benchmarks/throughput.py "${SHAPE[@]}" "${RUN[@]}" --batch-size $BATCH \
       --archs txl_sliding_window_small,memorizing_small,peer.memorizing_transformers \
       $(no_dropout txl_sliding_window_small memorizing_small) \
-      --set memorizing_small:memory_size=65536 --set peer.memorizing_transformers:memory_size=65536 \
+      --set txl_sliding_window_small:window_length=$W --set memorizing_small:window_length=$W \
+      --set memorizing_small:memory_size=$D --set peer.memorizing_transformers:memory_size=$D \
       --memory-fill segments --name "${DEVICE}_memorizing_vs_peer" "$@" ;;
   recurrent)  # 4 layers, d 256, 4 heads of 64, batch 2 x 512, window 256, 256 states, recurrent layer -3
     ARCHS=txl_sliding_window_small

@@ -14,9 +14,16 @@ want=$(cat requirements.txt setup.py | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -r requirements.txt
-"$VENV/bin/python" -c "import fairseq" 2>/dev/null || \
-  "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps --no-cache-dir fairseq-fixed==0.12.3.1
+pip=("$VENV/bin/python" -m pip install -q)
+"${pip[@]}" --upgrade pip
+# fairseq's C++ extensions compile on one core for minutes: build them (they need only torch, numpy
+# and cython) while the other requirements install beside them.
+"${pip[@]}" $(grep -E '^(torch|numpy|cython|setuptools|wheel)\b' requirements.txt | tr -d ' ')
+if ! "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then
+  "${pip[@]}" --no-build-isolation --no-deps --no-cache-dir fairseq-fixed==0.12.3.1 &
+  fairseq_build=$!
+fi
+"${pip[@]}" -r requirements.txt
+if [ -n "${fairseq_build:-}" ]; then wait "$fairseq_build"; fi
 "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .
 echo "$want" > "$stamp"

@@ -99,6 +99,16 @@ def test_per_book_eval_lm_equals_a_one_book_at_a_time_loop(trained, book_data, t
         assert book["loss_bits"] == pytest.approx(loss, rel=1e-4)
     # all books at once on 2 lanes (a plain fairseq-eval-lm) scores the same tokens the same way
     assert result["all_lanes"]["loss_bits"] == pytest.approx(result["overall"]["loss_bits"], rel=1e-4)
+    # --documents picks books: the same figure for book 1 alone, and an overall over it only
+    one = subprocess.run([sys.executable, "-m", "fairseq_ext.eval.books", str(book_data), "--path",
+                          str(save / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--task", "long_document_lm",
+                          "--gen-subset", "test", "--tokens-per-sample", str(L), "--cpu", "--documents", "1",
+                          "--json-out", str(out)], capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert one.returncode == 0, one.stderr[-4000:]
+    picked = json.loads(out.read_text())
+    assert [b["document"] for b in picked["books"]] == [1] and "all_lanes" not in picked
+    assert picked["overall"]["loss_bits"] == pytest.approx(result["books"][1]["loss_bits"], rel=1e-6)
+    assert picked["overall"]["tokens"] == result["books"][1]["tokens"]
     stock = run_fairseq(["fairseq-eval-lm", str(book_data), "--path", str(save / "checkpoint_last.pt"),
                          "--user-dir", USER_DIR, "--task", "long_document_lm", "--gen-subset", "test",
                          "--batch-size", "2", "--tokens-per-sample", str(L), "--cpu"])

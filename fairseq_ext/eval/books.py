@@ -6,7 +6,8 @@ loop (``fairseq_cli.eval_lm.eval_lm``: ``SequenceScorer``, padding dropped, log-
 base 2) once per document of the split, each streamed on one lane by the ``long_document_lm``
 task (its ``--documents`` option); with ``--all-lanes true`` also once over the whole split on
 ``--batch-size`` lanes, the figure a plain ``fairseq-eval-lm`` run prints (a cross-check that
-doubles the time). Every option of ``fairseq-eval-lm`` applies.
+doubles the time). ``--documents 0,2`` scores only those books. Every option of
+``fairseq-eval-lm`` applies.
 
     python -m fairseq_ext.eval.books data-bin/pg-mini --path checkpoints/txl/checkpoint_best.pt \
         --user-dir fairseq_ext --task long_document_lm --gen-subset test --batch-size 4 \
@@ -24,6 +25,7 @@ from fairseq_cli.eval_lm import eval_lm
 from omegaconf import open_dict
 
 from fairseq_ext.models._common import parse_bool
+from fairseq_ext.tasks.long_document_lm import parse_documents
 
 logger = logging.getLogger("fairseq_ext.eval.books")
 
@@ -60,20 +62,23 @@ def evaluate_books(models, task, cfg, all_lanes: bool = False) -> Dict:
     """{"books": [{document, tokens, loss_bits, perplexity}], "overall": {...}} (+ "all_lanes")."""
     split = cfg.dataset.gen_subset
     lanes = cfg.dataset.batch_size or 1
+    chosen = task.args.documents  # --documents 0,2: only these books (default: every book)
     with open_dict(task.args):
         task.args.documents = ""
     task.load_dataset(split)
     counts = task.document_token_counts(split)
+    selected = parse_documents(chosen, len(counts), f"--gen-subset {split}").tolist()
     books: List[Dict] = []
-    for document, tokens in enumerate(counts.tolist()):
+    for document in selected:
+        tokens = int(counts[document])
         loss = evaluate(models, task, cfg, split, str(document), 1)
         books.append({"document": document, "tokens": tokens, "loss_bits": loss, "perplexity": 2 ** loss})
         logger.info("book %d: %d tokens, loss %.4f bits, perplexity %.2f", document, tokens, loss, 2 ** loss)
     overall = sum(b["loss_bits"] * b["tokens"] for b in books) / max(sum(b["tokens"] for b in books), 1)
     result = {"split": split, "books": books,
-              "overall": {"tokens": int(counts.sum()), "loss_bits": overall, "perplexity": 2 ** overall}}
+              "overall": {"tokens": int(counts[selected].sum()), "loss_bits": overall, "perplexity": 2 ** overall}}
     if all_lanes:
-        loss = evaluate(models, task, cfg, split, "", lanes)
+        loss = evaluate(models, task, cfg, split, chosen, lanes)
         result["all_lanes"] = {"lanes": lanes, "loss_bits": loss, "perplexity": 2 ** loss}
     return result
 

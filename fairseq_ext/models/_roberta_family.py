@@ -50,6 +50,16 @@ def refuse_layerdrop(args, model_name: str) -> None:
                          "every time); use --encoder-layerdrop 0")
 
 
+def refuse_layers_to_keep(args, model_name: str, reason) -> None:
+    """fairseq prunes a trained encoder to ``--encoder-layers-to-keep`` when it loads it (Fan et
+    al. 2020, LayerDrop): an encoder whose layers cannot be dropped one by one (``reason``)
+    refuses the option instead of building a different model."""
+    keep = safe_getattr(args, "encoder_layers_to_keep", None)
+    if keep and reason:
+        raise ValueError(f"--encoder-layers-to-keep {keep}: {model_name} cannot drop layers ({reason}); "
+                         "leave it unset")
+
+
 class PluginRobertaModel(RobertaModel):
     """RobertaModel whose options come from ``config_class`` and whose encoder is
     ``encoder_class``; bf16 autocast and clean inference logits as every plugin model."""
@@ -59,6 +69,12 @@ class PluginRobertaModel(RobertaModel):
     # False: the encoder's modules initialise themselves (their original's init) and RobertaModel's
     # BERT init (init_bert_params over every module) is skipped, so each weight is drawn once
     bert_init = True
+
+    @classmethod
+    def layer_pruning_refusal(cls, args):
+        """Why --encoder-layers-to-keep cannot apply to this encoder, or None where fairseq's
+        pruning of ``...layers.N...`` parameters is exact."""
+        return None
 
     def __init__(self, args, encoder):
         if self.bert_init:
@@ -90,6 +106,7 @@ class PluginRobertaModel(RobertaModel):
             if safe_getattr(args, "max_positions") is None:
                 args.max_positions = safe_getattr(args, "tokens_per_sample", task.max_positions())
             refuse_layerdrop(args, cls.__name__)
+            refuse_layers_to_keep(args, cls.__name__, cls.layer_pruning_refusal(args))
             encoder = cls.encoder_class(args, task.source_dictionary)  # initialised in cls(...) (bert_init)
         return cls(args, encoder)
 

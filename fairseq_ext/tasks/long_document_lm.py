@@ -188,6 +188,8 @@ class LongDocumentLMTask(LanguageModelingTask):
             prefix_tokens = torch.where(src[:, :1].eq(eos), shifted, src)
         if prefix_tokens is not None:
             prefix_tokens = prefix_tokens.masked_fill(prefix_tokens.eq(eos).cumsum(1) > 0, pad)
+            # no all-pad columns: the generator allows eos (ignores --min-len) inside the prefix
+            prefix_tokens = prefix_tokens[:, :int(prefix_tokens.ne(pad).sum(1).max())]
         return super().inference_step(generator, models, sample, prefix_tokens, constraints)
 
     # ------------------------------------------------------------------ iterators

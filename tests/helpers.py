@@ -20,11 +20,13 @@ def subprocess_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
-def run_fairseq(argv: List[str], timeout: float = 300, cwd=None, env=None) -> subprocess.CompletedProcess:
-    """Run a fairseq console script (``fairseq-train`` ...) of this venv; fail with its output."""
+def run_fairseq(argv: List[str], timeout: float = 300, cwd=None, env=None,
+                input: Optional[str] = None) -> subprocess.CompletedProcess:
+    """Run a fairseq console script (``fairseq-train`` ...) of this venv, ``input`` on its stdin;
+    fail with its output."""
     cmd = [str(BIN / argv[0])] + [str(a) for a in argv[1:]]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env=subprocess_env(env))
+                          env=subprocess_env(env), input=input)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc

@@ -242,6 +242,28 @@ print("OK", a.model.args.elc_variant)
     assert "OK zero" in run_python(code).stdout
 
 
+def test_ltg_bert_checkpoint_prunes_at_load_time_and_elc_refuses(trained, tiny_data):
+    """from_pretrained(..., encoder_layers_to_keep="0,2") (its arg_overrides): LTG-BERT keeps
+    layers 0 and 2 exactly; ELC's layer mixtures cannot lose a layer, so it is an error."""
+    from fairseq import checkpoint_utils
+
+    def load(arch, **overrides):
+        path = str(trained[arch][0] / "checkpoint_last.pt")
+        [model], _ = checkpoint_utils.load_model_ensemble([path], arg_overrides={"data": str(tiny_data), **overrides})
+        return model.eval()
+
+    full, pruned = load("ltg_bert_tiny"), load("ltg_bert_tiny", encoder_layers_to_keep="0,2")
+    assert len(pruned.encoder.sentence_encoder.layers) == 2
+    layers = full.encoder.sentence_encoder.layers
+    full.encoder.sentence_encoder.layers = torch.nn.ModuleList([layers[0], layers[2]])
+    tokens = torch.randint(4, 100, (2, 16))
+    torch.testing.assert_close(pruned(tokens)[0], full(tokens)[0])
+    assert not torch.allclose(pruned(tokens)[0], load("ltg_bert_tiny")(tokens)[0], atol=1e-3)
+    with pytest.raises(ValueError, match="--encoder-layers-to-keep 0,2: ElcBertModel cannot drop layers "
+                                         r"\(--elc-variant zero"):
+        load("elc_bert_zero_tiny", encoder_layers_to_keep="0,2")
+
+
 def test_sentence_prediction_finetunes_from_an_elc_checkpoint(trained, classification_data, tmp_path):
     assert_finetuned(run_fairseq(finetune_args(classification_data, "elc_bert_zero_tiny",
                                                trained["elc_bert_zero_tiny"][0] / "checkpoint_last.pt", tmp_path)))

@@ -91,6 +91,15 @@ def test_encoder_layerdrop_is_refused(tiny_data, arch):
     build(tiny_data, arch, "--encoder-layerdrop", "0")
 
 
+@pytest.mark.parametrize("arch, reason", [("glom_tiny", "the one shared GLOM step"),
+                                          ("albert_tiny", "the one shared layer"),
+                                          ("elc_bert_tiny", "--elc-variant base: each layer's weights mix")])
+def test_encoder_layers_to_keep_is_refused(tiny_data, arch, reason):
+    """A shared layer (GLOM, ALBERT) or ELC's mixtures cannot lose layers: pruning is an error."""
+    with pytest.raises(ValueError, match=f"--encoder-layers-to-keep 0: .* cannot drop layers \\(.*{reason}"):
+        build(tiny_data, arch, "--encoder-layers-to-keep", "0")
+
+
 @pytest.mark.parametrize("arch, embedding_eps, head_eps", [
     ("glom_tiny", 1e-12, 1e-5),  # GlomImpl: GlomEmbeddings config.layer_norm_eps, GlomMLMHead torch default
     ("albert_tiny", 1e-12, 1e-12),  # HF ALBERT: layer_norm_eps for both
@@ -159,6 +168,17 @@ assert torch.equal(a.extract_features(tokens), b.extract_features(tokens))
 print("OK", a.model.args.glom_aggregation)
 """
     assert "OK tridiagonal" in run_python(code).stdout
+
+
+@pytest.mark.parametrize("name", ["paper", "albert"])
+def test_pruning_a_checkpoint_at_load_time_is_refused(trained, tiny_data, name):
+    """from_pretrained(..., encoder_layers_to_keep="0") passes the option on to build_model."""
+    from fairseq import checkpoint_utils
+
+    path = str(trained[name][0] / "checkpoint_last.pt")
+    with pytest.raises(ValueError, match="--encoder-layers-to-keep 0: .* cannot drop layers"):
+        checkpoint_utils.load_model_ensemble([path], arg_overrides={"data": str(tiny_data), "encoder_layers_to_keep": "0"})
+    assert checkpoint_utils.load_model_ensemble([path], arg_overrides={"data": str(tiny_data)})[0]
 
 
 def test_sentence_prediction_finetunes_from_a_glom_checkpoint(trained, classification_data, tmp_path):

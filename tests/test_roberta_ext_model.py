@@ -335,3 +335,33 @@ def test_command_line_switches_every_boolean_both_ways():
     assert args.clap_head and args.l2norm_embedding  # follows --clap-head by default
     with pytest.raises(SystemExit):
         _parse("--arch", "roberta_ext_baseline_tiny", "--clap-head", "maybe")
+
+
+def test_encoder_layers_to_keep_prunes_a_checkpoint_as_stock_roberta():
+    """--encoder-layers-to-keep 0,2 at load time (from_pretrained(..., encoder_layers_to_keep=
+    "0,2") passes model_cfg on): layers 0 and 2 of a 3-layer checkpoint, as stock RoBERTa."""
+    task = _task()
+    full = build("roberta_ext_baseline_tiny", task, encoder_layers=3)
+    pruned = build("roberta_ext_baseline_tiny", task, encoder_layers=3, encoder_layers_to_keep="0,2")
+    assert len(pruned.encoder.sentence_encoder.layers) == 2
+    pruned.load_state_dict(full.state_dict(), strict=True, model_cfg=pruned.args)
+    layers = full.encoder.sentence_encoder.layers
+    full.encoder.sentence_encoder.layers = torch.nn.ModuleList([layers[0], layers[2]])
+    tokens = _tokens(task)
+    real = tokens.ne(task.source_dictionary.pad())
+    torch.testing.assert_close(pruned(tokens, features_only=True)[0][real],
+                               full(tokens, features_only=True)[0][real], atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_trained_with_encoder_layers_to_keep_reloads_unpruned():
+    """Trained with --encoder-layers-to-keep 0,2 the checkpoint holds 2 layers and its config
+    still names 0,2: stock pruning would drop its layer 1; it loads as it is."""
+    task = _task()
+    trained = build("roberta_ext_baseline_tiny", task, encoder_layers=3, encoder_layers_to_keep="0,2")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    reloaded = build("roberta_ext_baseline_tiny", task, encoder_layers=3, encoder_layers_to_keep="0,2")
+    reloaded.load_state_dict(trained.state_dict(), strict=True, model_cfg=reloaded.args)
+    for name, value in trained.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], value), name

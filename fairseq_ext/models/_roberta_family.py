@@ -4,6 +4,8 @@ and (for GLOM and ALBERT) the factorised embedding and head. Stock
 ``RobertaModel.from_pretrained``, ``fill_mask``, ``extract_features`` and ``sentence_prediction``
 heads work unchanged. Not a registered model.
 """
+import re
+
 import torch
 import torch.nn as nn
 from fairseq.models import FairseqEncoderModel
@@ -16,6 +18,8 @@ from fairseq_ext.models._common import add_config_args, fill_config_defaults, wr
 from fairseq_ext.modules.autocast import bf16_autocast
 from fairseq_ext.modules.factorised import FactorisedLMHead
 from fairseq_ext.modules.inference_logits import special_symbol_ids, suppress_special_logits
+
+STACK_LAYER = re.compile(r"encoder\.sentence_encoder\.layers\.(\d+)\.")  # what stock pruning renumbers
 
 
 def encoder_output(x: torch.Tensor, padding_mask: torch.Tensor, states) -> dict:
@@ -50,6 +54,16 @@ def refuse_layerdrop(args, model_name: str) -> None:
                          "every time); use --encoder-layerdrop 0")
 
 
+def refuse_layers_to_keep(args, model_name: str, reason) -> None:
+    """fairseq prunes a trained encoder to ``--encoder-layers-to-keep`` when it loads it (Fan et
+    al. 2020, LayerDrop): an encoder whose layers cannot be dropped one by one (``reason``)
+    refuses the option instead of building a different model."""
+    keep = safe_getattr(args, "encoder_layers_to_keep", None)
+    if keep and reason:
+        raise ValueError(f"--encoder-layers-to-keep {keep}: {model_name} cannot drop layers ({reason}); "
+                         "leave it unset")
+
+
 class PluginRobertaModel(RobertaModel):
     """RobertaModel whose options come from ``config_class`` and whose encoder is
     ``encoder_class``; bf16 autocast and clean inference logits as every plugin model."""
@@ -59,6 +73,12 @@ class PluginRobertaModel(RobertaModel):
     # False: the encoder's modules initialise themselves (their original's init) and RobertaModel's
     # BERT init (init_bert_params over every module) is skipped, so each weight is drawn once
     bert_init = True
+
+    @classmethod
+    def layer_pruning_refusal(cls, args):
+        """Why --encoder-layers-to-keep cannot apply to this encoder, or None where fairseq's
+        pruning of ``...layers.N...`` parameters is exact."""
+        return None
 
     def __init__(self, args, encoder):
         if self.bert_init:
@@ -90,8 +110,19 @@ class PluginRobertaModel(RobertaModel):
             if safe_getattr(args, "max_positions") is None:
                 args.max_positions = safe_getattr(args, "tokens_per_sample", task.max_positions())
             refuse_layerdrop(args, cls.__name__)
+            refuse_layers_to_keep(args, cls.__name__, cls.layer_pruning_refusal(args))
             encoder = cls.encoder_class(args, task.source_dictionary)  # initialised in cls(...) (bert_init)
         return cls(args, encoder)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """fairseq prunes to --encoder-layers-to-keep at every load, but a model trained with the
+        option already holds only the kept layers, which stock pruning would renumber and drop:
+        such a checkpoint loads as it is."""
+        if safe_getattr(model_cfg if model_cfg is not None else args, "encoder_layers_to_keep", None):
+            stored = {m[1] for m in map(STACK_LAYER.match, state_dict) if m}
+            if len(stored) == len(self.encoder.sentence_encoder.layers):
+                model_cfg = args = None
+        return super().load_state_dict(state_dict, strict, model_cfg, args)
 
     def forward(self, src_tokens, features_only=False, return_all_hiddens=False,
                 classification_head_name=None, masked_tokens=None, **kwargs):

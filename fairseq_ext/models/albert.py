@@ -72,6 +72,10 @@ class AlbertModel(PluginRobertaModel):
     config_class = AlbertConfig
     encoder_class = AlbertEncoder
 
+    @classmethod
+    def layer_pruning_refusal(cls, args):
+        return "every repeat runs the one shared layer; fewer repeats: --encoder-layers"
+
 
 # albert-base-v2: no dropout. Positions follow --tokens-per-sample unless --max-positions is set.
 PRESETS = {

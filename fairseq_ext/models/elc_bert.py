@@ -216,6 +216,15 @@ class ElcBertModel(PluginRobertaModel):
 
     bert_init = False  # the encoder and the head initialise themselves, as the original's modules
 
+    @classmethod
+    def layer_pruning_refusal(cls, args):
+        """LTG-BERT's layers only read the previous output: pruning them is exact. ELC weights
+        mix every earlier layer's output, so a kept layer would read a different mixture."""
+        if args.elc_variant == "none":
+            return None
+        return (f"--elc-variant {args.elc_variant}: each layer's weights mix the outputs of all earlier "
+                "layers; only --elc-variant none (ltg_bert_*) can be pruned")
+
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
         for name, param in self.named_parameters():

@@ -106,6 +106,10 @@ class GlomModel(PluginRobertaModel):
     config_class = GlomConfig
     encoder_class = GlomEncoder
 
+    @classmethod
+    def layer_pruning_refusal(cls, args):
+        return "every time step runs the one shared GLOM step; fewer steps: --encoder-layers"
+
 
 # GlomImpl's configs: no dropout. Positions follow --tokens-per-sample unless --max-positions is set.
 PRESETS = {

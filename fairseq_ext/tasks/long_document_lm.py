@@ -175,6 +175,23 @@ class LongDocumentLMTask(LanguageModelingTask):
             "target": PadDataset(AppendTokenDataset(tokens, pad), pad_idx=pad, left_pad=False),
         }, sizes=[np.array(src_lengths)])
 
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """language_modeling's, with every prompt cut before its first eos: inside a document an
+        eos only ends a paragraph, but in a prompt it would end the hypothesis. So
+        ``fairseq-generate --gen-subset test --prefix-size N`` prompts each segment of the stream
+        with its first N tokens (up to a paragraph end) and continues it as a new document;
+        without --prefix-size the prompt is the segment itself, less a document's leading eos."""
+        eos, pad = self.source_dictionary.eos(), self.source_dictionary.pad()
+        if prefix_tokens is None and sample["net_input"]["src_tokens"].nelement():
+            src = sample["net_input"]["src_tokens"]
+            shifted = torch.cat([src[:, 1:], src.new_full((len(src), 1), pad)], 1)
+            prefix_tokens = torch.where(src[:, :1].eq(eos), shifted, src)
+        if prefix_tokens is not None:
+            prefix_tokens = prefix_tokens.masked_fill(prefix_tokens.eq(eos).cumsum(1) > 0, pad)
+            # no all-pad columns: the generator allows eos (ignores --min-len) inside the prefix
+            prefix_tokens = prefix_tokens[:, :int(prefix_tokens.ne(pad).sum(1).max())]
+        return super().inference_step(generator, models, sample, prefix_tokens, constraints)
+
     # ------------------------------------------------------------------ iterators
     def get_batch_iterator(self, dataset, **kwargs):
         """One dataset item per batch, in order, already sharded by data-parallel rank.

@@ -4,6 +4,7 @@ The matrix of ``docs/RELIABILITY.md`` has one row per arch found here, so an arc
 later (a new family, a new preset) appears in it without editing the tests.
 """
 import argparse
+import os
 from pathlib import Path
 from typing import Dict, List
 
@@ -86,8 +87,13 @@ def task_flags(arch: str, data: Path) -> List[str]:
 def params(marked_subset=()):
     """pytest parameters, one per arch: the archs in ``marked_subset`` (one per family) run in the
     default ``pytest -q``, every other arch only with ``-m reliability``."""
+    chosen = os.environ.get("RELIABILITY_ARCHS")  # python -m scripts.reliability --archs a,b
+    archs = [a for a in plugin_archs() if chosen is None or a in chosen.split(",")]
+    unknown = set(chosen.split(",")) - set(plugin_archs()) if chosen else set()
+    if unknown:
+        raise ValueError(f"RELIABILITY_ARCHS names archs nothing registers: {sorted(unknown)}")
     return [pytest.param(arch, id=arch, marks=() if arch in marked_subset else pytest.mark.reliability)
-            for arch in plugin_archs()]
+            for arch in archs]
 
 
 def representatives() -> List[str]:

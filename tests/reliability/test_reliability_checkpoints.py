@@ -16,7 +16,7 @@ def data_of(arch, tiny_data, book_data):
     return book_data if is_causal(arch) else tiny_data
 
 
-def setup(arch, data, seed=0):
+def setup(arch, data, seed=0, extra=()):
     """cfg, task and model of a tiny ``arch`` as fairseq-train builds them (train mode)."""
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -24,7 +24,7 @@ def setup(arch, data, seed=0):
     criterion = "cross_entropy" if is_causal(arch) else "masked_lm"
     argv = [*task_flags(arch, data), "--user-dir", USER_DIR, "--criterion", criterion, "--cpu",
             "--optimizer", "adam", "--lr", "1e-3", "--num-workers", "0", "--batch-size", "2",
-            "--seed", str(seed), *model_flags(arch)]
+            "--seed", str(seed), *model_flags(arch), *extra]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     task = tasks.setup_task(cfg.task)
     torch.manual_seed(seed)

@@ -12,7 +12,7 @@ from fairseq.models.roberta.model import base_architecture
 from fairseq.utils import safe_getattr
 
 from fairseq_ext.flops import DEFAULT_MASK_PROB
-from fairseq_ext.models._common import add_config_args, fill_config_defaults, writable_options
+from fairseq_ext.models._common import add_config_args, check_dictionary_matches, fill_config_defaults, writable_options
 from fairseq_ext.modules.autocast import bf16_autocast
 from fairseq_ext.modules.factorised import FactorisedLMHead
 from fairseq_ext.modules.inference_logits import special_symbol_ids, suppress_special_logits
@@ -92,6 +92,10 @@ class PluginRobertaModel(RobertaModel):
             refuse_layerdrop(args, cls.__name__)
             encoder = cls.encoder_class(args, task.source_dictionary)  # initialised in cls(...) (bert_init)
         return cls(args, encoder)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        check_dictionary_matches(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     def forward(self, src_tokens, features_only=False, return_all_hiddens=False,
                 classification_head_name=None, masked_tokens=None, **kwargs):

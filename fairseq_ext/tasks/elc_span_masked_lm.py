@@ -129,11 +129,11 @@ class ElcSpanMaskedLMTask(MaskedLMTask):
             raise ValueError("--long-factor and --max-span-length must be >= 1")
         special = set(special_symbol_ids(self.source_dictionary).tolist()) | {self.mask_idx}
         self.maskable_ids = torch.tensor([i for i in range(len(self.source_dictionary)) if i not in special])
+        self.num_updates = 0
 
     def build_model(self, cfg, from_checkpoint=False):
         require_registered(cfg)  # a checkpoint of an arch this version lacks: say what to do
         return super().build_model(cfg, from_checkpoint)
-        self.num_updates = 0
 
     # ---------------------------------------------------------------- data
     def _blocks(self, split, epoch, combine, tokens_per_sample):

@@ -130,3 +130,19 @@ def test_unknown_arch(saved, tmp_path):
             hub.from_pretrained(tmp_path, "future.pt", data)
     message = str(failed.value)
     assert f"arch '{arch}_from_the_future' is not registered" in message and "upgrade fairseq_ext" in message
+
+
+@pytest.mark.parametrize("saved", ARCHS, indirect=True)
+def test_other_dictionary(saved, tmp_path):
+    """Loading with a dictionary that is not the checkpoint's names the dictionary, not a shape."""
+    from fairseq import checkpoint_utils
+
+    arch, data, path, _, _ = saved
+    other = tmp_path / "other-data"
+    other.mkdir()
+    for f in data.iterdir():  # the same data dir, its dict.txt 20 symbols shorter
+        if f.is_file() and f.name != "dict.txt":
+            (other / f.name).symlink_to(f)
+    (other / "dict.txt").write_text("".join((data / "dict.txt").read_text().splitlines(keepends=True)[:-20]))
+    with pytest.raises(ValueError, match="the dictionary does not match the checkpoint: .* dict.txt the model was trained with"):
+        checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides={"data": str(other)})

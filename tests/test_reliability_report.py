@@ -49,3 +49,11 @@ def test_main_renders_only_from_a_junit_file(tmp_path):
     text = (tmp_path / "R.md").read_text()
     assert row(text, "albert_tiny").startswith("| `albert_tiny` | **FAIL**")
     assert "| `roberta_ext_baseline_large` | not run | not run |" in text  # every registered arch is a row
+
+
+def test_a_check_without_a_case_for_a_run_arch_is_not_applicable(tmp_path):
+    junit = JUNIT.replace('<testcase classname="tests.reliability.test_reliability_checkpoints" name="test_hub_reload[albert_tiny]" time="1"/>', "")
+    (tmp_path / "r.xml").write_text(junit)
+    text = reliability.render(reliability.read_junit(tmp_path / "r.xml"), ["glom_tiny", "albert_tiny"], "today", "abc",
+                              "m", "cmd")
+    assert row(text, "albert_tiny") == "| `albert_tiny` | **FAIL** | n/a |"

@@ -33,12 +33,19 @@ def tiny(arch):
     return as_flags(tiny_options(arch))
 
 
+# A run stopped mid-epoch by --max-update sometimes aborts after "done training" ("terminate called
+# without an active exception", exit -6), seen only mid-epoch; fairseq's prefetching thread
+# (--data-buffer-size, BufferedIterator) still running at exit is the likely cause. Not prefetching
+# keeps this column about resuming.
+MID_EPOCH_STOP = ["--save-interval-updates", "1", "--disable-validation", "--data-buffer-size", "0"]
+
+
 def resume_args(arch, tiny_data, book_data, save_dir, updates):
     if is_causal(arch):
         return long_document_train_args(book_data, save_dir, arch, CAUSAL_SEGMENT, updates,
-                                        extra=["--save-interval-updates", "1", "--disable-validation", *tiny(arch)])
+                                        extra=[*MID_EPOCH_STOP, *tiny(arch)])
     return tiny_train_args(tiny_data, save_dir, arch, updates, extra=[
-        *NO_DROPOUT, "--save-interval-updates", "1", "--disable-validation", "--log-interval", "1", *tiny(arch)])
+        *NO_DROPOUT, *MID_EPOCH_STOP, "--log-interval", "1", *tiny(arch)])
 
 
 def model_state(save_dir):

@@ -146,7 +146,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = parser.parse_args(argv)
     command = "python -m scripts.reliability" + (f" --archs {args.archs}" if args.archs else "")
-    rc = 0
+    rc, sha = 0, commit()  # the code the tests run, before they run
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if args.from_junit:
         junit = args.from_junit
     else:
@@ -158,8 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         rc = subprocess.run([sys.executable, "-m", "pytest", "-q", TESTS, "-m", "not longrun", "-p", "no:cacheprovider",
                              f"--junitxml={junit}", *args.pytest_args], cwd=REPO, env=env).returncode
     archs = registered_archs()
-    page = render(read_junit(junit), archs, datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  commit(), machine(), command)
+    when = started if not args.from_junit else f"{started} (rendered from {Path(junit).name})"
+    page = render(read_junit(junit), archs, when, sha, machine(), command)
     Path(args.out).write_text(page)
     print(f"wrote {args.out}")
     return rc

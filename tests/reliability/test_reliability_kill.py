@@ -1,7 +1,10 @@
 """Whole-plugin check: a fairseq-train process SIGKILLed at random points, many of them inside a
-checkpoint save (``--save-interval-updates 1``), always leaves a checkpoint that loads, and the
-same command resumes from it. fairseq writes each checkpoint to ``<name>.tmp`` and renames it
-(``checkpoint_utils.torch_persistent_save``), so a killed write leaves the previous file whole."""
+checkpoint save (``--save-interval-updates 1``), always leaves a whole checkpoint, no older than
+the one before the kill, and the same command resumes from it. fairseq writes each checkpoint to
+``<name>.tmp`` and renames it (``checkpoint_utils.torch_persistent_save``), so a killed write
+leaves the previous file whole; but it then copies that file to checkpoint_last.pt with a plain
+copy, and a kill inside the copy truncates checkpoint_last.pt: ``fairseq_ext.checkpoints.repair``
+puts the newest whole checkpoint back in its place."""
 import random
 import signal
 import subprocess
@@ -10,18 +13,11 @@ import time
 import pytest
 import torch
 
+from fairseq_ext.checkpoints import loads, newest_loadable, repair, updates_of
 from helpers import BIN, subprocess_env, tiny_train_args
 
 pytestmark = pytest.mark.reliability
 KILLS = 12
-
-
-def loads(path) -> bool:
-    try:
-        torch.load(path, map_location="cpu", weights_only=False)
-        return True
-    except Exception:
-        return False
 
 
 def test_killed_saves_leave_a_loadable_checkpoint(tiny_data, tmp_path):
@@ -29,7 +25,7 @@ def test_killed_saves_leave_a_loadable_checkpoint(tiny_data, tmp_path):
         "--save-interval-updates", "1", "--keep-interval-updates", "1", "--disable-validation", "--log-interval", "50"])
     cmd = [str(BIN / argv[0])] + [str(a) for a in argv[1:]]
     rng = random.Random(0)
-    updates_seen = []
+    updates_seen, repaired = [], []
     for kill in range(KILLS):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env())
         deadline = time.time() + 120
@@ -39,7 +35,12 @@ def test_killed_saves_leave_a_loadable_checkpoint(tiny_data, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+        newest = newest_loadable(tmp_path)
+        assert newest is not None, f"kill {kill}: no checkpoint loads"
+        updates_seen.append(updates_of(newest))
         last = tmp_path / "checkpoint_last.pt"
-        assert last.is_file() and loads(last), f"kill {kill}: checkpoint_last.pt does not load"
-        updates_seen.append(torch.load(last, map_location="cpu", weights_only=False)["optimizer_history"][-1]["num_updates"])
+        if not loads(last):  # killed inside fairseq's copy to checkpoint_last.pt
+            repaired.append(repair(tmp_path))
+            assert loads(last) and updates_of(last) == updates_seen[-1]
     assert updates_seen == sorted(updates_seen) and updates_seen[-1] > updates_seen[0], updates_seen  # each run resumed
+    print(f"updates after each kill: {updates_seen}; repaired: {repaired}")

@@ -10,8 +10,6 @@ from typing import Dict, List
 
 import pytest
 
-from helpers import USER_DIR
-
 CAUSAL_SEGMENT = 64  # long-document LMs: segment of tokens (the tiny presets' window is 32)
 MASKED_LENGTH = 32
 
@@ -103,7 +101,3 @@ def representatives() -> List[str]:
         if arch.endswith("_tiny"):
             chosen.setdefault(cls, arch)
     return list(chosen.values())
-
-
-def user_dir_flags() -> List[str]:
-    return ["--user-dir", USER_DIR]

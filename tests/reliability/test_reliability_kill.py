@@ -11,7 +11,6 @@ import subprocess
 import time
 
 import pytest
-import torch
 
 from fairseq_ext.checkpoints import loads, newest_loadable, repair, updates_of
 from helpers import BIN, subprocess_env, tiny_train_args

@@ -20,7 +20,7 @@ import sys
 import pytest
 import torch
 
-from helpers import (USER_DIR, assert_same_params, data_parallel_args, final_params, json_log_records,
+from helpers import (assert_same_params, data_parallel_args, final_params, json_log_records,
                      long_document_train_args, run_fairseq, set_arg, sixteen_sentence_data, subprocess_env,
                      tiny_train_args)
 from reliability.archs import CAUSAL_SEGMENT, as_flags, is_causal, params, tiny_options

@@ -84,6 +84,7 @@ def saved(request, tmp_path, tiny_data, book_data):
 
 @pytest.mark.parametrize("saved", ARCHS, indirect=True)
 def test_checkpoint(saved):
+    """Saved by Trainer.save_checkpoint, reloaded by checkpoint_utils: the same state (extra states too) and outputs."""
     from fairseq import checkpoint_utils
 
     arch, data, path, state, expected = saved
@@ -96,6 +97,7 @@ def test_checkpoint(saved):
 
 @pytest.mark.parametrize("saved", ARCHS, indirect=True)
 def test_hub_reload(saved):
+    """Reloaded by stock RobertaModel / TransformerLanguageModel.from_pretrained: the same state and outputs."""
     from fairseq.models.roberta import RobertaModel
     from fairseq.models.transformer_lm import TransformerLanguageModel
 

@@ -39,6 +39,7 @@ def model_name(arch) -> str:
 
 @pytest.mark.parametrize("arch", params(representatives()))
 def test_bad_options(arch, tiny_data, book_data, capsys):
+    """Each inconsistent option of the arch's model (CASES) fails at build time naming the flag."""
     cases = CASES.get(model_name(arch))
     assert cases, f"no inconsistent-option cases for model {model_name(arch)}: add them to CASES"
     data = data_of(arch, tiny_data, book_data)

@@ -54,6 +54,7 @@ def model_state(save_dir):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_resume(arch, tiny_data, book_data, tmp_path):
+    """4 updates = 2 + 2 restarted mid-epoch from checkpoint_last.pt: parameters bit for bit, losses of updates 3-4 identical."""
     whole = run_fairseq(resume_args(arch, tiny_data, book_data, tmp_path / "whole", 4))
     run_fairseq(resume_args(arch, tiny_data, book_data, tmp_path / "resumed", 2))
     second = run_fairseq(resume_args(arch, tiny_data, book_data, tmp_path / "resumed", 4))
@@ -103,6 +104,7 @@ def full_batch(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_data_parallel(arch, dp_data, tmp_path):
+    """2 gloo processes (launch_cpu, legacy_ddp) x half the batch = 1 process x the whole batch."""
     run_fairseq(dp_args(arch, dp_data, tmp_path / "one", full_batch(arch)))
     launch(dp_args(arch, dp_data, tmp_path / "two", full_batch(arch) // 2))
     one, one_itr = final_params(tmp_path / "one")

@@ -20,6 +20,8 @@ import torch
 from fairseq import utils
 from fairseq.models.roberta import RobertaHubInterface, RobertaModel
 
+from fairseq_ext.checkpoints import checkpoint_arch, is_registered, unknown_arch_error
+
 MASK = "<mask>"
 WORD_START = "\u2581"
 SPM_FILE = "sentencepiece.bpe.model"
@@ -54,6 +56,11 @@ def from_pretrained(model_dir, checkpoint_file: str = "checkpoint_best.pt", data
         loaded = RobertaModel.from_pretrained(
             str(model_dir), checkpoint_file, str(data_dir.resolve()), bpe="sentencepiece",
             sentencepiece_model=str(spm), user_dir=kwargs.pop("user_dir", USER_DIR), **kwargs)
+    except (IndexError, KeyError) as error:  # fairseq failing to format "Could not infer model type"
+        arch = checkpoint_arch(model_dir / checkpoint_file)
+        if arch is not None and not is_registered(arch):
+            raise unknown_arch_error(arch) from error
+        raise
     finally:
         roberta_logger.setLevel(level)
     return FillMaskHubInterface(loaded.cfg, loaded.task, loaded.model).eval()

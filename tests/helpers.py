@@ -124,3 +124,43 @@ def assert_finetuned(proc: subprocess.CompletedProcess) -> None:
     output = proc.stdout + proc.stderr
     assert "Loaded checkpoint" in output
     assert 0 <= float(json_log_records(output, prefix="valid")[-1]["valid_accuracy"]) <= 100
+
+
+def sixteen_sentence_data(tiny_data: Path, tmp_path: Path, sentences: int = 16) -> Path:
+    """16 one-sentence documents: two updates of 8 per epoch (1 x 8 or 2 processes x 4)."""
+    from fairseq_ext.data import prepare
+
+    words = (SHARED_DATA / "wikitext-2" / "wiki.valid.tokens").read_text().split()
+    text = "\n\n".join(" ".join(words[i * 40:i * 40 + 12]) for i in range(sentences)) + "\n"
+    (tmp_path / "train.txt").write_text(text)
+    out = tmp_path / "bin"
+    prepare.main(["--train", str(tmp_path / "train.txt"), "--valid", str(tmp_path / "train.txt"), "--out", str(out),
+                  "--spm-model", str(tiny_data / "sentencepiece.bpe.model"), "--workers", "1"])
+    return out
+
+
+def data_parallel_args(data, save_dir, batch_size, arch="roberta_ext_baseline_tiny", extra=()):
+    """Plain SGD, no dropout: the only difference between runs is how gradients are summed
+    (Adam would blow float noise on near-zero gradients up to a full step).
+    --grouped-shuffling keeps the sentences of an update the same for any number of ranks."""
+    args = tiny_train_args(data, save_dir, arch, updates=4, extra=[
+        "--dropout", "0", "--attention-dropout", "0", "--sample-break-mode", "complete_doc",
+        "--required-batch-size-multiple", "1", "--disable-validation", "--grouped-shuffling", *extra])
+    for flag, value in [("--batch-size", batch_size), ("--optimizer", "sgd"), ("--lr", 0.5),
+                        ("--lr-scheduler", "fixed"), ("--warmup-updates", 0)]:
+        args = set_arg(args, flag, value)
+    return args
+
+
+def assert_same_params(a, b):
+    import torch
+
+    for name, value in a.items():
+        assert torch.allclose(value, b[name], atol=1e-6, rtol=1e-5), name
+
+
+def final_params(save_dir: Path):
+    import torch
+
+    state = torch.load(save_dir / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    return state["model"], state["extra_state"]["train_iterator"]

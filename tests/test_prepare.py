@@ -96,11 +96,13 @@ def test_changed_input_content_rebuilds(tmp_path, tiny_text):
     (lambda d: d / "missing.txt", "--train: no such file or directory"),
     (lambda d: (d / "empty.txt").write_text("\n \n") and d / "empty.txt", "--train: the input is empty"),
     (lambda d: (d / "bad.txt").write_bytes(b"good text\nbad \xff byte\n") and d / "bad.txt", "bad.txt: not valid UTF-8 at byte offset 14"),
+    (lambda d: (d / "dump.bin").write_bytes(b"text\n\x00\x00\x01\x02" * 50) and d / "dump.bin", "dump.bin: a binary file (NUL byte at byte offset 5)"),
 ])
 def test_bad_input_names_the_flag_or_file(tmp_path, make_input, message):
     with pytest.raises(SystemExit) as e:
         run("--train", make_input(tmp_path), "--out", tmp_path / "out", "--vocab-size", 100)
     assert message in str(e.value)
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 def test_undecodable_bytes_can_be_replaced(tmp_path, tiny_data):
@@ -115,3 +117,16 @@ def test_vocabulary_too_large_for_the_corpus(tmp_path):
     with pytest.raises(SystemExit) as e:
         run("--train", tmp_path / "small.txt", "--out", tmp_path / "out", "--vocab-size", 5000)
     assert "--vocab-size 5000 is too large" in str(e.value)
+    assert not (tmp_path / "out").exists()  # the failure came after the directory was made: removed
+
+
+def test_a_failed_rebuild_of_an_existing_directory_is_not_reused(tmp_path, tiny_text):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="--vocab-size 100 is too small for this corpus.*Raise --vocab-size"):
+        run("--train", tiny_text / "train.txt", "--out", out, "--vocab-size", 100, "--workers", 1)
+    assert not out.exists()
+    run("--train", tiny_text / "train.txt", "--out", out, "--vocab-size", 300, "--workers", 1)
+    (tmp_path / "small.txt").write_text("a tiny corpus with few words\n")
+    with pytest.raises(SystemExit):
+        run("--train", tmp_path / "small.txt", "--out", out, "--vocab-size", 5000)
+    assert not (out / prepare.STAMP_FILE).exists()  # a rerun rebuilds instead of reusing half a build

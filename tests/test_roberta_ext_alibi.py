@@ -29,7 +29,7 @@ def test_slopes_for_any_head_count_are_distinct_and_in_range():
 
 
 def test_slopes_reject_zero_heads():
-    with pytest.raises(ValueError, match="encoder_attention_heads"):
+    with pytest.raises(ValueError, match="--encoder-attention-heads"):
         alibi_slopes(0)
 
 

@@ -269,7 +269,7 @@ def test_newer_format_checkpoint_is_refused():
     (dict(arch="roberta_ext_baseline_tiny", self_mask_prob=0.15), "--zero-mask"),
     (dict(arch="roberta_ext_zero_clap_tiny", self_mask_prob=1.5), "--self-mask-prob"),
     (dict(arch="roberta_ext_alibi_tiny", alibi_max_positions=8), "--alibi-max-positions"),
-    (dict(arch="roberta_ext_baseline_tiny", encoder_attention_heads=3), "encoder_attention_heads"),
+    (dict(arch="roberta_ext_baseline_tiny", encoder_attention_heads=3), "--encoder-attention-heads"),
 ])
 def test_bad_configuration_names_the_option(overrides, option):
     arch = overrides.pop("arch")

@@ -44,13 +44,17 @@ class PrepareError(ValueError):
 # --------------------------------------------------------------------------- reading
 def decode_bytes(raw: bytes, path: Path, errors: str) -> str:
     try:
-        return raw.decode("utf-8", errors=errors)
+        text = raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
         raise PrepareError(
             f"{path}: not valid UTF-8 at byte offset {e.start} "
             f"(bytes {raw[e.start:e.start + 4]!r}); re-encode the file as UTF-8 or pass "
             f"--encoding-errors replace"
         ) from None
+    if "\x00" in text:  # valid UTF-8 but no text (an image, an archive of zeros, a binary dump)
+        raise PrepareError(f"{path}: a binary file (NUL byte at byte offset {raw.index(0)}), not text; "
+                           f"pass plain UTF-8 text")
+    return text
 
 
 def split_paragraphs(text: str) -> List[str]:
@@ -110,6 +114,10 @@ def train_sentencepiece(documents: List[List[str]], vocab_size: int, out_file: P
             max_sentence_length=16384, minloglevel=2,
         )
     except RuntimeError as e:
+        if "smaller than required_chars" in str(e):  # every character of the corpus needs a piece
+            raise PrepareError(
+                f"--vocab-size {vocab_size} is too small for this corpus: {e}. Raise --vocab-size."
+            ) from None
         if "Vocabulary size" in str(e):
             raise PrepareError(
                 f"--vocab-size {vocab_size} is too large for this corpus: {e}. Lower --vocab-size."
@@ -209,8 +217,22 @@ def prepare(args) -> Path:
     if not args.force and previous == record["all"] and spm_file.exists():
         logger.info("%s is up to date; reusing it (--force to rebuild)", out_dir)
         return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     documents = {s: read_documents(p, f"--{s}", args.encoding_errors) for s, p in split_paths.items()}
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)  # until the stamp is rewritten, the directory is not a finished build
+    try:
+        build(args, documents, out_dir, spm_file, previous, record)
+    except BaseException:
+        if created:  # no half-written output directory is left behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    logger.info("wrote %s", out_dir)
+    return out_dir
+
+
+def build(args, documents, out_dir: Path, spm_file: Path, previous: Dict, record: Dict) -> None:
+    """sentencepiece model, dict.txt and binaries in ``out_dir``, the stamp last."""
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp = Path(tmp)
         if args.spm_model:
@@ -227,10 +249,8 @@ def prepare(args) -> Path:
             encode_split(sp, docs, tmp / split, counts if split == "train" else Counter())
         write_dictionary(sp, counts, out_dir / "dict.txt")
         binarize(tmp, list(documents), out_dir, args.workers)
-    stamp.write_text(json.dumps({"built_from": record["all"], "vocab_size": sp.get_piece_size(),
-                                 "documents": {s: len(d) for s, d in documents.items()}}, indent=1))
-    logger.info("wrote %s", out_dir)
-    return out_dir
+    (out_dir / STAMP_FILE).write_text(json.dumps({"built_from": record["all"], "vocab_size": sp.get_piece_size(),
+                                                  "documents": {s: len(d) for s, d in documents.items()}}, indent=1))
 
 
 def get_parser() -> argparse.ArgumentParser:

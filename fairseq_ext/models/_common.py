@@ -103,3 +103,15 @@ def register_presets(model_name: str, presets: Dict[str, Mapping], fill: Callabl
             fill(args, **preset)
         apply.__doc__ = f"{arch}: {dict(preset)}"
         register_model_architecture(model_name, arch)(apply)
+
+
+def check_dictionary_matches(model, state_dict) -> None:
+    """A checkpoint loaded with another dictionary fails naming the dictionary, where torch's
+    ``size mismatch for ...embed_tokens.weight`` names only a tensor shape."""
+    own = model.state_dict()
+    for key, value in state_dict.items():
+        if key.endswith("embed_tokens.weight") and key in own and own[key].shape[0] != value.shape[0]:
+            raise ValueError(
+                f"the dictionary does not match the checkpoint: it gives {own[key].shape[0]} embedding rows, the "
+                f"checkpoint holds {value.shape[0]} ({key}); load with the dict.txt the model was trained with "
+                f"(the data dir of training, or data_name_or_path= a directory holding that dict.txt)")

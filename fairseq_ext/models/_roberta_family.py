@@ -14,7 +14,7 @@ from fairseq.models.roberta.model import base_architecture
 from fairseq.utils import safe_getattr
 
 from fairseq_ext.flops import DEFAULT_MASK_PROB
-from fairseq_ext.models._common import add_config_args, fill_config_defaults, writable_options
+from fairseq_ext.models._common import add_config_args, check_dictionary_matches, fill_config_defaults, writable_options
 from fairseq_ext.modules.autocast import bf16_autocast
 from fairseq_ext.modules.factorised import FactorisedLMHead
 from fairseq_ext.modules.inference_logits import special_symbol_ids, suppress_special_logits
@@ -117,11 +117,12 @@ class PluginRobertaModel(RobertaModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """fairseq prunes to --encoder-layers-to-keep at every load, but a model trained with the
         option already holds only the kept layers, which stock pruning would renumber and drop:
-        such a checkpoint loads as it is."""
+        such a checkpoint loads as it is. A dictionary other than the checkpoint's fails here, by name."""
         if safe_getattr(model_cfg if model_cfg is not None else args, "encoder_layers_to_keep", None):
             stored = {m[1] for m in map(STACK_LAYER.match, state_dict) if m}
             if len(stored) == len(self.encoder.sentence_encoder.layers):
                 model_cfg = args = None
+        check_dictionary_matches(self, state_dict)
         return super().load_state_dict(state_dict, strict, model_cfg, args)
 
     def forward(self, src_tokens, features_only=False, return_all_hiddens=False,

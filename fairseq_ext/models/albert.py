@@ -11,6 +11,7 @@ from fairseq.modules import TransformerEncoderLayer
 
 from fairseq_ext.models._common import PluginConfig, register_presets
 from fairseq_ext.models._roberta_family import FactorisedRobertaEncoder, PluginRobertaModel, encoder_output
+from fairseq_ext.modules.biased_encoder_layer import check_heads_divide_width
 from fairseq_ext.modules.factorised import FactorisedEmbedding
 
 
@@ -34,6 +35,7 @@ class AlbertSentenceEncoder(nn.Module):
         super().__init__()
         if args.encoder_layers < 1:
             raise ValueError(f"--encoder-layers must be at least 1, got {args.encoder_layers}")
+        check_heads_divide_width(args.encoder_embed_dim, args.encoder_attention_heads)
         self.padding_idx = dictionary.pad()
         self.embed_tokens = embed_tokens
         self.embedding = FactorisedEmbedding(embed_tokens, args.max_positions, self.padding_idx, args.dropout,

@@ -27,8 +27,8 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel, register_model
 from fairseq.utils import safe_getattr
 
-from fairseq_ext.models._common import (PluginConfig, add_config_args, fill_config_defaults, register_presets,
-                                        writable_options)
+from fairseq_ext.models._common import (PluginConfig, add_config_args, check_dictionary_matches, fill_config_defaults,
+                                        register_presets, writable_options)
 from fairseq_ext.modules.autocast import bf16_autocast
 from fairseq_ext.modules.meliad_init import linear
 from fairseq_ext.modules.mode_state import ModeState
@@ -272,6 +272,10 @@ class TxlLanguageModel(FairseqLanguageModel):
     @classmethod
     def fill_defaults(cls, args, **preset):
         fill_config_defaults(args, cls.config_class, preset)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        check_dictionary_matches(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     @classmethod
     def validate(cls, args, task):

@@ -36,7 +36,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
     (for H = 12 the list is not monotonic).
     """
     if num_heads < 1:
-        raise ValueError(f"encoder_attention_heads must be >= 1 for ALiBi, got {num_heads}")
+        raise ValueError(f"--encoder-attention-heads must be >= 1 for ALiBi, got {num_heads}")
 
     def geometric(n: int):
         return [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]

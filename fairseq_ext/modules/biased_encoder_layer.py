@@ -16,14 +16,19 @@ from torch import Tensor
 from fairseq_ext.modules.alibi import biased_attention, biased_attention_reference
 
 
+def check_heads_divide_width(embed_dim: int, num_heads: int) -> None:
+    """Build-time error naming the flags (fairseq's own is an unnamed AssertionError)."""
+    if num_heads < 1 or embed_dim % num_heads:
+        raise ValueError(f"--encoder-embed-dim ({embed_dim}) must be divisible by "
+                         f"--encoder-attention-heads ({num_heads})")
+
+
 class SDPASelfAttention(nn.Module):
     """Multi-head self-attention with fairseq's parameter names (q/k/v/out_proj)."""
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(f"encoder_embed_dim ({embed_dim}) must be divisible by "
-                             f"encoder_attention_heads ({num_heads})")
+        check_heads_divide_width(embed_dim, num_heads)
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout

@@ -25,6 +25,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
 from omegaconf import II
 
+from fairseq_ext.checkpoints import require_registered
 from fairseq_ext.modules.inference_logits import special_symbol_ids
 
 
@@ -129,6 +130,10 @@ class ElcSpanMaskedLMTask(MaskedLMTask):
         special = set(special_symbol_ids(self.source_dictionary).tolist()) | {self.mask_idx}
         self.maskable_ids = torch.tensor([i for i in range(len(self.source_dictionary)) if i not in special])
         self.num_updates = 0
+
+    def build_model(self, cfg, from_checkpoint=False):
+        require_registered(cfg)  # a checkpoint of an arch this version lacks: say what to do
+        return super().build_model(cfg, from_checkpoint)
 
     # ---------------------------------------------------------------- data
     def _blocks(self, split, epoch, combine, tokens_per_sample):

@@ -41,6 +41,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from omegaconf import II
 
+from fairseq_ext.checkpoints import require_registered
 from fairseq_ext.data.document_stream import DocumentIndex, DocumentStreamDataset
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class LongDocumentLMTask(LanguageModelingTask):
     def build_model(self, cfg, from_checkpoint=False):
         """A model whose forward takes no ``start_of_sequence`` (stock ``transformer_lm``) has no
         state to reset: its batches come without the flag, each segment read on its own."""
+        require_registered(cfg)  # a checkpoint of an arch this version lacks: say what to do
         model = super().build_model(cfg, from_checkpoint)
         self.model_carries_state = "start_of_sequence" in inspect.signature(model.forward).parameters
         for dataset in self.datasets.values():

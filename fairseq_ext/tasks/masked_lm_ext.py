@@ -26,6 +26,8 @@ from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
 from fairseq.utils import safe_getattr
 
+from fairseq_ext.checkpoints import require_registered
+
 MASK_SYMBOL = "<mask>"
 
 
@@ -73,6 +75,7 @@ class MaskedLMExtTask(MaskedLMTask):
     def build_model(self, cfg, from_checkpoint=False):
         """With --omit-mask the mask id is len(dict), no embedding row: only a zero-mask
         model reads it (others fail mid-training with an IndexError)."""
+        require_registered(cfg)  # a checkpoint of an arch this version lacks: say what to do
         model = super().build_model(cfg, from_checkpoint)
         if self.cfg.omit_mask and not safe_getattr(getattr(model, "args", None), "zero_mask", False):
             raise ValueError("--omit-mask keeps <mask> out of the dictionary, so it needs a "

@@ -28,6 +28,11 @@ CASES = {
                       (["--memory-layers", "-3"], "--memory-layers"),
                       (["--memory-size", "24"], "--memory-size"),
                       (["--memory-topk", "faiss"], "--memory-topk")],
+    "block_recurrent_lm": [(["--recurrent-layers", "2"], "--recurrent-layers"),
+                           (["--num-states", "0"], "--num-states"),
+                           (["--gate-type", "gru"], "--gate-type"),
+                           (["--state-update", "triple"], "--state-update"),
+                           (["--xl-cache", "false"], "--xl-cache")],
 }
 
 

@@ -1,6 +1,7 @@
 """scripts/reliability_runs.py at toy scale: both measurements run real fairseq-train processes for
 two families (a masked and a causal one) and write finite curves, RSS samples and the comparison
-figures; the renderer marks a family whose loss went NaN as failing."""
+figures; the renderer marks a family whose loss went NaN as failing. (That the bf16 run really
+computes in bf16 is tests/test_autocast.py's job: at 20 updates fairseq's 3-decimal losses can tie.)"""
 import importlib.util
 import json
 import math
@@ -39,7 +40,6 @@ def test_precision_compares_finite_fp32_and_bf16_curves(measured):
             run = entry["runs"][name]
             assert run["updates"] == [5, 10, 15, 20], (family, name)
             assert finite(run["loss"]) and finite(run["valid_loss"]), (family, name)
-        assert entry["runs"]["fp32"]["loss"] != entry["runs"]["bf16"]["loss"], "bf16 autocast changed nothing"
         figures = entry["figures"]
         assert figures["nan_free_fp32"] and figures["nan_free_bf16"]
         assert 0 < figures["max_abs_delta_last"] < 1 and 0.9 < figures["final_loss_ratio"] < 1.1, figures
@@ -54,11 +54,12 @@ def test_longrun_samples_rss_and_tokens_per_second(measured):
         assert run["updates"] == [5, 10, 15, 20], family
         assert finite(run["rss_mb"]) and min(run["rss_mb"]) > 50, run["rss_mb"]  # torch + fairseq alone
         assert finite(run["wps"]) and finite(run["loss"])
+        assert run["tokens_per_cpu_s"][0] is None and finite(run["tokens_per_cpu_s"][1:])
         assert run["valid_updates"] == [10, 20] and finite(run["valid_loss"]), run
         figures = entry["figures"]
         assert figures["nan_free"] and figures["last_update"] == 20
         assert figures["rss_growth_mb"] == pytest.approx(run["rss_mb"][-1] - run["rss_mb"][0])
-        assert math.isfinite(figures["wps_ratio"]) and math.isfinite(figures["rss_slope_mb_per_1k"])
+        assert math.isfinite(figures["cpu_tps_ratio"]) and math.isfinite(figures["rss_slope_mb_per_1k"])
     assert (out / "longrun.png").stat().st_size > 10_000
     section = reliability_runs.render(out, link_prefix="img/")
     assert "![bf16 vs fp32 loss curves](img/precision.png)" in section
@@ -89,10 +90,10 @@ def test_render_fails_a_family_whose_loss_went_nan():
     assert "**FAIL**" in row(reliability_runs.render(results={"precision": stale}), "glom")
 
 
-def test_render_fails_a_long_run_with_a_nan_or_growing_memory():
-    def longrun(loss, rss):
+def test_render_fails_a_long_run_with_a_nan_growing_memory_or_falling_throughput():
+    def longrun(loss, rss, cpu_tps=(None, 1000.0, 990.0, 1010.0)):
         run = {"updates": [100, 200, 300, 400], "loss": loss, "valid_loss": [2.0], "valid_updates": [400],
-               "rss_mb": rss, "wps": [900.0, 1000.0, 1000.0, 1000.0]}
+               "rss_mb": rss, "wps": [900.0, 1000.0, 400.0, 300.0], "tokens_per_cpu_s": list(cpu_tps)}
         entry = {"arch": "txl_sliding_window_tiny", "run": run, "figures": reliability_runs.longrun_figures(run)}
         result = {"kind": "longrun", "updates": 400, "log_interval": 100, "validate_interval": 400,
                   "families": {"txl_lm": entry}}
@@ -101,3 +102,5 @@ def test_render_fails_a_long_run_with_a_nan_or_growing_memory():
     assert longrun([3.0, 2.8, 2.6, 2.5], [500.0, 501.0, 501.0, 502.0]).endswith("| pass |")
     assert "**FAIL**" in longrun([3.0, 2.8, float("nan"), 2.5], [500.0, 501.0, 501.0, 502.0])
     assert "**FAIL**" in longrun([3.0, 2.8, 2.6, 2.5], [500.0, 550.0, 600.0, 650.0])
+    # wall-clock wps fell (other jobs); a fall in tokens per CPU second is the model's own
+    assert "**FAIL**" in longrun([3.0, 2.8, 2.6, 2.5], [500.0, 501.0, 501.0, 502.0], (None, 1000.0, 700.0, 500.0))

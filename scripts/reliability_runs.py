@@ -415,7 +415,7 @@ def render_precision(result: dict, image: str) -> str:
         f = _recheck_precision(entry)
         yes = lambda ok: "yes" if ok else "**no**"
         rows.append(f"| {family} | `{entry['arch']}` | {yes(f.get('nan_free_fp32'))} / {yes(f.get('nan_free_bf16'))} "
-                    f"| {_fmt(f.get('max_abs_delta_last'))} | {_fmt(f.get('mean_abs_delta_last'))} "
+                    f"| {_fmt(f.get('max_abs_delta_last'), 4)} | {_fmt(f.get('mean_abs_delta_last'), 4)} "
                     f"| {_fmt(f.get('final_loss_fp32'))} / {_fmt(f.get('final_loss_bf16'))} "
                     f"| {_fmt(f.get('final_loss_ratio'), 4)} | {'pass' if precision_passes(f) else '**FAIL**'} |")
     return "\n".join([

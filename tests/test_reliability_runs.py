@@ -55,7 +55,8 @@ def test_longrun_samples_rss_and_tokens_per_second(measured):
         assert finite(run["rss_mb"]) and min(run["rss_mb"]) > 50, run["rss_mb"]  # torch + fairseq alone
         assert finite(run["wps"]) and finite(run["loss"])
         assert run["tokens_per_cpu_s"][0] is None and finite(run["tokens_per_cpu_s"][1:])
-        assert run["valid_updates"] == [10, 20] and finite(run["valid_loss"]), run
+        # every --validate-interval, and at an epoch's end (book_data is small)
+        assert {10, 20} <= set(run["valid_updates"]) and finite(run["valid_loss"]), run
         figures = entry["figures"]
         assert figures["nan_free"] and figures["last_update"] == 20
         assert figures["rss_growth_mb"] == pytest.approx(run["rss_mb"][-1] - run["rss_mb"][0])

@@ -442,9 +442,8 @@ def render_longrun(result: dict, image: str) -> str:
                     f"| {_fmt(f.get(throughput_key(f)), 2)} | {'pass' if longrun_passes(f) else '**FAIL**'} |")
     return "\n".join([
         "### Long runs (CPU, fp32)", "",
-        f"Each family's tiny arch trained on pg-sample with validation every {result['validate_interval']} updates; "
-        f"the RSS of the fairseq-train process (VmRSS) and fairseq's tokens/s were recorded every "
-        f"{result['log_interval']} updates. Pass: no NaN/inf, RSS growth over the second half ≤ "
+        f"Each family's tiny arch trained on pg-sample ({settings_text(result)}); at each record the RSS of the "
+        "fairseq-train process (VmRSS) and tokens/s were read. Pass: no NaN/inf, RSS growth over the second half ≤ "
         f"{MAX_RSS_GROWTH_MB:.0f} MB, training tokens per CPU second of the process (validation's CPU time left "
         f"out; /proc/<pid>/stat) in the last quarter ≥ {MIN_TPS_RATIO} × the first quarter (after the first "
         "record, which holds start-up). The machine is shared with other jobs, so fairseq's wall-clock wps "
@@ -469,11 +468,26 @@ def render(out_dir=DEFAULT_OUT, link_prefix: str = "reliability/", results: Opti
     return "\n".join(parts)
 
 
+SETTINGS = ("updates", "log_interval", "validate_interval", "max_valid_steps")
+
+
+def settings_text(result: dict) -> str:
+    """'every V updates (records every L)' per distinct setting, naming the families when they differ."""
+    groups = {}
+    for family, entry in result["families"].items():
+        own = entry.get("settings", result)
+        groups.setdefault((own.get("validate_interval"), own.get("log_interval")), []).append(family)
+    parts = [f"validation every {v} and a record every {l} updates"
+             + (f" ({', '.join(fams)})" if len(groups) > 1 else "") for (v, l), fams in groups.items()]
+    return "; ".join(parts)
+
+
 def merge(kind: str, sources: List[Path], out_dir: Path) -> dict:
     """One ``<kind>.json`` + PNG from runs made in parallel (one invocation per family or group),
     families in the usual order; the settings of the first source are kept, updates per family."""
     parts = [json.loads((Path(d) / f"{kind}.json").read_text()) for d in sources]
-    families = {f: e for part in parts for f, e in part["families"].items()}
+    families = {f: dict(e, settings={k: part.get(k) for k in SETTINGS if k in part})
+                for part in parts for f, e in part["families"].items()}
     result = dict(parts[0], families={f: families[f] for f in CAUSAL_FIRST if f in families})
     result["updates"] = max(p["updates"] for p in parts)
     write(result, out_dir, kind)

@@ -22,6 +22,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from scripts import reliability_runs
+
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "RELIABILITY.md"
 TESTS = "tests/reliability"
@@ -161,6 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     archs = registered_archs()
     when = started if not args.from_junit else f"{started} (rendered from {Path(junit).name})"
     page = render(read_junit(junit), archs, when, sha, machine(), command)
+    page += "\n" + reliability_runs.render(DOC.parent / "reliability", "reliability/")  # precision, long runs
     Path(args.out).write_text(page)
     print(f"wrote {args.out}")
     return rc

@@ -63,8 +63,9 @@ def evaluate_books(models, task, cfg, all_lanes: bool = False) -> Dict:
     split = cfg.dataset.gen_subset
     lanes = cfg.dataset.batch_size or 1
     chosen = task.args.documents  # --documents 0,2: only these books (default: every book)
-    with open_dict(task.args):
+    with open_dict(task.args):  # every book, to count them; --batch-size is optional (1 lane)
         task.args.documents = ""
+        task.args.batch_size = task.args.batch_size_valid = lanes
     task.load_dataset(split)
     counts = task.document_token_counts(split)
     selected = parse_documents(chosen, len(counts), f"--gen-subset {split}").tolist()

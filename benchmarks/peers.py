@@ -27,17 +27,15 @@ peer.NAME:key=value`` under our option names (``attention_head_dim``, ``memory_s
         --archs txl_sliding_window_small,memorizing_small,peer.memorizing_transformers ...
 """
 import importlib
-import math
 import sys
 import tempfile
-import time
 from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.throughput import (PEER_PREFIX, device_sync, peak_memory, rss_mb, serve_worker,  # noqa: E402
+from benchmarks.throughput import (PEER_PREFIX, clocked_seconds, device_sync, peak_memory, rss_mb, serve_worker,  # noqa: E402
                                    timed_repeats)
 
 # our option names, with the defaults of our small presets (Meliad small_37M)
@@ -170,36 +168,6 @@ class BlockRecurrent:
 PEERS = {"memorizing_transformers": MemorizingTransformers, "block_recurrent": BlockRecurrent}
 
 
-def clocked_share(calls, step, steps: int, sync) -> float:
-    """Share of ``steps`` updates' wall time spent inside the (class, method) ``calls``."""
-    spent = [0.0]
-    originals = [(cls, name, getattr(cls, name)) for cls, name in calls]
-
-    def clocked(fn):
-        def wrapped(*args, **kwargs):
-            sync()
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            sync()
-            spent[0] += time.perf_counter() - start
-            return out
-        return wrapped
-
-    for cls, name, fn in originals:
-        setattr(cls, name, clocked(fn))
-    try:
-        sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        total = time.perf_counter() - start
-    finally:
-        for cls, name, fn in originals:
-            setattr(cls, name, fn)
-    return spent[0] / total
-
-
 def run_peer(spec: dict, channel, lib=None, go=None) -> dict:
     """Build the peer of ``spec["arch"]`` (``lib``: its module, imported by default) and time its
     training updates like ``throughput.run_worker``; returns the same figures."""
@@ -246,7 +214,8 @@ def run_peer(spec: dict, channel, lib=None, go=None) -> dict:
         }
         if fill is not None:
             entries_timed = peer.entries()
-            share = clocked_share(peer.memory_calls(), step, spec["steps"], sync)
+            spent, total = clocked_seconds(peer.memory_calls(), step, spec["steps"], sync)
+            share = sum(spent) / total
             run["memory"] = {"fill": fill, "time_share_forward": share, "flops_share": None,
                              "profiled_updates": spec["steps"],
                              "entries_per_lane_timed": [fill["entries_per_lane"], entries_timed]}

@@ -343,23 +343,34 @@ def memory_time_share(model, step, steps: int, sync) -> float:
     from fairseq_ext.models.memorizing_lm import MemoryAttention
     from fairseq_ext.models.txl_lm import WindowedSelfAttention
 
-    spent = {"outer": 0.0, "inner": 0.0}
-    originals = {cls: cls.__dict__["segment_heads"] for cls in (MemoryAttention, WindowedSelfAttention)}
+    (outer, inner), total = clocked_seconds(
+        [(MemoryAttention, "segment_heads"), (WindowedSelfAttention, "segment_heads")], step, steps, sync,
+        instances_of=MemoryAttention)
+    return (outer - inner) / total
 
-    def clocked(key, fn):
+
+def clocked_seconds(methods, step, steps: int, sync, instances_of=object):
+    """Run ``step()`` ``steps`` times; return the wall seconds spent inside each (class, method name)
+    of ``methods`` (counted only for calls on an ``instances_of``, so that a subclass's call of its
+    parent's method can be told apart), and the seconds of all ``steps``. ``sync`` waits for the
+    device, so that asynchronous kernels count where they were launched."""
+    spent = [0.0] * len(methods)
+    originals = [(cls, name, cls.__dict__.get(name), getattr(cls, name)) for cls, name in methods]
+
+    def clocked(index, fn):
         def wrapped(self, *args, **kwargs):
-            if not isinstance(self, MemoryAttention):
+            if not isinstance(self, instances_of):
                 return fn(self, *args, **kwargs)
             sync()
             start = time.perf_counter()
             out = fn(self, *args, **kwargs)
             sync()
-            spent[key] += time.perf_counter() - start
+            spent[index] += time.perf_counter() - start
             return out
         return wrapped
 
-    MemoryAttention.segment_heads = clocked("outer", originals[MemoryAttention])
-    WindowedSelfAttention.segment_heads = clocked("inner", originals[WindowedSelfAttention])
+    for index, (cls, name, _, fn) in enumerate(originals):
+        setattr(cls, name, clocked(index, fn))
     try:
         sync()
         start = time.perf_counter()
@@ -368,9 +379,12 @@ def memory_time_share(model, step, steps: int, sync) -> float:
         sync()
         total = time.perf_counter() - start
     finally:
-        for cls, fn in originals.items():
-            setattr(cls, "segment_heads", fn)
-    return (spent["outer"] - spent["inner"]) / total
+        for cls, name, own, _ in originals:
+            if own is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, own)
+    return spent, total
 
 
 def memory_flops_share(model, seq_len: int) -> float:

@@ -27,7 +27,7 @@ echo "== 2/4 train roberta_ext_zero_clap_small for $UPDATES updates -> $SAVE"
   --tokens-per-sample 128 --sample-break-mode none --batch-size 16 \
   --optimizer adam --adam-betas '(0.9,0.98)' --adam-eps 1e-6 --weight-decay 0.01 --clip-norm 1.0 \
   --lr 2e-3 --lr-scheduler polynomial_decay --warmup-updates 40 --total-num-update "$UPDATES" \
-  --max-update "$UPDATES" --cpu --num-workers 0 --log-interval 25 --validate-interval-updates 200 \
+  --max-update "$UPDATES" --cpu --num-workers 0 --log-interval 25 --validate-interval 2 \
   --save-dir $SAVE --no-epoch-checkpoints --seed 1
 
 echo "== 3/4 fill_mask from $SAVE/checkpoint_best.pt"

@@ -27,6 +27,7 @@ from scripts import reliability_runs
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "RELIABILITY.md"
 TESTS = "tests/reliability"
+WHOLE_PLUGIN_TESTS = "test_reliability_kill.py"  # checks of the plugin, not of an arch
 CELL = re.compile(r"^test_(?P<check>\w+?)\[(?P<arch>[^\]]+)\]$")
 PASS, FAIL, SKIP, NOT_RUN, NA = "pass", "**FAIL**", "skip", "not run", "n/a"
 
@@ -139,30 +140,51 @@ def render(cases, archs: List[str], when: str, sha: str, host: str, command: str
     return "\n".join(lines) + "\n"
 
 
+def run_shards(archs: List[str], jobs: int, junit: str, pytest_args: List[str]) -> Tuple[int, List[str]]:
+    """Run the matrix's tests for ``archs`` in ``jobs`` pytest processes at once (arch shards,
+    round-robin; the whole-plugin checks in the first only), each writing its own junit report
+    (``junit``, suffixed by shard when there are several). Returns the worst return code and the
+    reports."""
+    shards = [shard for shard in (archs[i::jobs] for i in range(jobs)) if shard]
+    reports = [junit if len(shards) == 1 else str(Path(junit).with_suffix(f".{i}.xml")) for i in range(len(shards))]
+    procs = []
+    for i, (shard, report) in enumerate(zip(shards, reports)):
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        env["RELIABILITY_ARCHS"] = ",".join(shard)
+        whole = [] if i == 0 else [f"--ignore={TESTS}/{WHOLE_PLUGIN_TESTS}"]
+        procs.append(subprocess.Popen([sys.executable, "-m", "pytest", "-q", TESTS, "-m", "not longrun",
+                                       "-p", "no:cacheprovider", f"--junitxml={report}", *whole, *pytest_args],
+                                      cwd=REPO, env=env))
+    return max(proc.wait() for proc in procs), reports
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--archs", help="comma-separated archs to run (default: every registered arch)")
-    parser.add_argument("--from-junit", help="render this junit xml instead of running the tests")
-    parser.add_argument("--junitxml", default=str(REPO / "reliability-junit.xml"), help="where pytest writes its report")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="pytest processes run at once, each over a shard of the archs (one core each with "
+                             "OMP_NUM_THREADS=1: set it to the number of idle cores)")
+    parser.add_argument("--from-junit", nargs="+", help="render these junit xml reports instead of running the tests")
+    parser.add_argument("--junitxml", default=str(DOC.parent / "reliability" / "junit.xml"),
+                        help="where pytest writes its report (with --jobs, one per shard: junit.0.xml ...)")
     parser.add_argument("--out", default=str(DOC), help="the page to write")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: needs at least 1")
     command = "python -m scripts.reliability" + (f" --archs {args.archs}" if args.archs else "")
     rc, sha = 0, commit()  # the code the tests run, before they run
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    if args.from_junit:
-        junit = args.from_junit
-    else:
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        if args.archs:
-            env["RELIABILITY_ARCHS"] = args.archs
-        junit = args.junitxml
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", TESTS, "-m", "not longrun", "-p", "no:cacheprovider",
-                             f"--junitxml={junit}", *args.pytest_args], cwd=REPO, env=env).returncode
     archs = registered_archs()
-    when = started if not args.from_junit else f"{started} (rendered from {Path(junit).name})"
-    page = render(read_junit(junit), archs, when, sha, machine(), command)
+    if args.from_junit:
+        reports = args.from_junit
+    else:
+        rc, reports = run_shards(args.archs.split(",") if args.archs else archs, args.jobs, args.junitxml,
+                                 args.pytest_args)
+    when = started if not args.from_junit else f"{started} (rendered from {', '.join(Path(r).name for r in reports)})"
+    cases = [case for report in reports for case in read_junit(report)]
+    page = render(cases, archs, when, sha, machine(), command)
     page += "\n" + reliability_runs.render(DOC.parent / "reliability", "reliability/")  # precision, long runs
     Path(args.out).write_text(page)
     print(f"wrote {args.out}")

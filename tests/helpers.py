@@ -100,6 +100,67 @@ def long_document_train_args(data, save_dir, arch: str, tokens_per_sample: int, 
             "--validate-interval-updates", "6", "--dropout", "0", "--attention-dropout", "0", *extra]
 
 
+def train_long_document_lm(data, save_dir, arch: str, tokens_per_sample: int, updates: int, extra=()):
+    """Run ``long_document_train_args``; return the save dir and what fairseq printed."""
+    proc = run_fairseq(long_document_train_args(data, save_dir, arch, tokens_per_sample, updates, extra))
+    return save_dir, proc.stdout + proc.stderr
+
+
+def assert_training_lowered_the_loss(output: str, updates: int, window: int, margin: float) -> None:
+    """``updates`` logged losses whose last ``window`` average ``margin`` below the first ``window``,
+    and a validation in between."""
+    losses = [float(r["loss"]) for r in json_log_records(output)]
+    assert len(losses) == updates
+    assert sum(losses[-window:]) / window < sum(losses[:window]) / window - margin, losses
+    assert json_log_records(output, prefix="valid"), "validation ran"
+
+
+def saved_extra_states(save_dir: Path, suffix: str) -> list:
+    """The ``_extra_state`` entries (caches, memories, recurrent states) of ``checkpoint_last.pt``
+    whose keys end with ``suffix``."""
+    import torch
+
+    state = torch.load(Path(save_dir) / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    return [v for k, v in state.items() if k.endswith(suffix)]
+
+
+def train_on_two_cpu_processes(argv: List[str]) -> str:
+    """``fairseq-train argv`` (without the program name) on 2 gloo processes through
+    ``fairseq_ext.launch_cpu``; return what it printed, after checking it trained on 2 devices."""
+    proc = subprocess.run([sys.executable, "-m", "fairseq_ext.launch_cpu", "--nprocs", "2", "--", *map(str, argv)],
+                          capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    output = proc.stdout + proc.stderr
+    assert "training on 2 devices" in output
+    return output
+
+
+def sample_from_pretrained(save_dir, data, prompt: str = "The captain said", max_len_b: int = 80) -> str:
+    """Text sampled (top-10, seed 0) by a causal LM loaded with stock
+    ``TransformerLanguageModel.from_pretrained`` in a fresh process."""
+    code = f"""
+import fairseq_ext, torch
+from fairseq.models.transformer_lm import TransformerLanguageModel
+lm = TransformerLanguageModel.from_pretrained({str(save_dir)!r}, "checkpoint_last.pt", {str(data)!r},
+    bpe="sentencepiece", sentencepiece_model={str(Path(data) / "sentencepiece.bpe.model")!r})
+torch.manual_seed(0)
+print("SAMPLE:" + lm.sample({prompt!r}, beam=1, sampling=True, sampling_topk=10, max_len_b={max_len_b}))
+"""
+    return run_python(code).stdout.split("SAMPLE:")[-1].strip()
+
+
+def score_books(save_dir, data, tokens_per_sample: int, json_out, *options) -> dict:
+    """``python -m fairseq_ext.eval.books`` on the test books of ``data`` with ``checkpoint_last.pt``
+    of ``save_dir`` (``options``: e.g. ``--batch-size 2 --all-lanes true``); its JSON result."""
+    proc = subprocess.run([sys.executable, "-m", "fairseq_ext.eval.books", str(data), "--path",
+                           str(Path(save_dir) / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--task",
+                           "long_document_lm", "--gen-subset", "test", "--tokens-per-sample", str(tokens_per_sample),
+                           "--cpu", "--json-out", str(json_out), *map(str, options)],
+                          capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(Path(json_out).read_text())
+
+
 def set_arg(argv: List[str], flag: str, value) -> List[str]:
     """A copy of ``argv`` with ``flag``'s value replaced (or the flag appended)."""
     argv = list(argv)

@@ -401,3 +401,32 @@ def test_a_peer_arch_needs_the_peer_interpreter(tmp_path):
     with pytest.raises(SystemExit, match="setup_peers.sh"):
         throughput.main(["--archs", "peer.block_recurrent", *MEMORY_TINY, "--peer-python", str(tmp_path / "none"),
                          "--name", "x", "--results-dir", str(tmp_path), "--no-docs"])
+
+
+def test_clocked_seconds_counts_only_the_calls_asked_for_and_restores_the_methods():
+    """The memory-path share (ours and the peers') comes from ``clocked_seconds``: a subclass's
+    call of its parent's method is counted once, for the subclass, and every method (own or
+    inherited) is back as it was afterwards."""
+    class Parent:
+        def work(self):
+            return "parent"
+
+    class Child(Parent):
+        def work(self):
+            return super().work() + "+child"
+
+    class Other(Parent):
+        pass
+
+    calls = []
+    own_work, parent_work = Child.__dict__["work"], Parent.__dict__["work"]
+
+    def step():
+        calls.append((Child().work(), Other().work()))
+
+    spent, total = throughput.clocked_seconds([(Child, "work"), (Parent, "work"), (Other, "work")], step, 3,
+                                              sync=lambda: None, instances_of=Child)
+    assert calls == [("parent+child", "parent")] * 3
+    assert 0 < spent[1] <= spent[0] <= total and spent[2] == 0.0  # Other is not a Child
+    assert Child.__dict__["work"] is own_work and Parent.__dict__["work"] is parent_work
+    assert "work" not in Other.__dict__

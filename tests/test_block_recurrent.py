@@ -3,11 +3,8 @@ reach every parameter of the state path, a document start resets the state, eval
 the training state alone, every gate x update trains, a checkpoint reloads, generation scores as
 the full forward does, build-time errors; then fairseq-train, fairseq-eval-lm / eval.books,
 .sample(), 2 CPU processes and fairseq-hydra-train on the tiny books."""
-import json
 import math
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,8 +12,9 @@ import torch.nn.functional as F
 
 import fairseq_ext  # noqa: F401  (registers)
 from fairseq_ext.modules.block_recurrence import GATE_TYPES, UPDATE_FORMS, StateGate, StatePath
-from helpers import (REPO, USER_DIR, build_tiny_lm, json_log_records, long_document_train_args, run_fairseq,
-                     run_python, subprocess_env)
+from helpers import (REPO, USER_DIR, assert_training_lowered_the_loss, build_tiny_lm, json_log_records,
+                     long_document_train_args, run_fairseq, sample_from_pretrained, saved_extra_states, score_books,
+                     train_long_document_lm, train_on_two_cpu_processes)
 
 W, L, M = 8, 16, 4  # window, segment (2 windows), states
 
@@ -260,19 +258,14 @@ def train_args(data, save, updates, extra=()):
 
 @pytest.fixture(scope="module")
 def trained(book_data, tmp_path_factory):
-    save = tmp_path_factory.mktemp("block_recurrent")
-    proc = run_fairseq(train_args(book_data, save, updates=12))
-    return save, proc.stdout + proc.stderr
+    return train_long_document_lm(book_data, tmp_path_factory.mktemp("block_recurrent"), "block_recurrent_tiny",
+                                  SEGMENT, updates=12)
 
 
 def test_fairseq_train_lowers_the_loss_and_saves_the_training_state(trained):
     save, output = trained
-    losses = [float(r["loss"]) for r in json_log_records(output)]
-    assert len(losses) == 12
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
-    assert json_log_records(output, prefix="valid"), "validation ran"
-    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
-    states = [v for k, v in state.items() if k.endswith("attention.state._extra_state")]
+    assert_training_lowered_the_loss(output, updates=12, window=3, margin=0.3)
+    states = saved_extra_states(save, "attention.state._extra_state")
     assert len(states) == 1 and states[0]["train"][0].shape == (2, 16, 64)
 
 
@@ -295,13 +288,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(trained, book_data, tmp_path)
 
 def test_whole_books_are_scored_with_the_state_carried(trained, book_data, tmp_path):
     save, _ = trained
-    out = tmp_path / "books.json"
-    proc = subprocess.run([sys.executable, "-m", "fairseq_ext.eval.books", str(book_data), "--path",
-                           str(save / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--task", "long_document_lm",
-                           "--gen-subset", "test", "--batch-size", "2", "--tokens-per-sample", str(SEGMENT), "--cpu",
-                           "--all-lanes", "true", "--json-out", str(out)], capture_output=True, text=True, timeout=300, env=subprocess_env())
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(out.read_text())
+    result = score_books(save, book_data, SEGMENT, tmp_path / "books.json", "--batch-size", 2, "--all-lanes", "true")
     assert len(result["books"]) == 3 and result["overall"]["loss_bits"] < math.log2(500)
     # one book at a time or all books on 2 lanes: each lane carries its own state
     assert result["all_lanes"]["loss_bits"] == pytest.approx(result["overall"]["loss_bits"], rel=1e-4)
@@ -309,25 +296,13 @@ def test_whole_books_are_scored_with_the_state_carried(trained, book_data, tmp_p
 
 def test_from_pretrained_samples_text(trained, book_data):
     save, _ = trained
-    code = f"""
-import fairseq_ext, torch
-from fairseq.models.transformer_lm import TransformerLanguageModel
-lm = TransformerLanguageModel.from_pretrained({str(save)!r}, "checkpoint_last.pt", {str(book_data)!r},
-    bpe="sentencepiece", sentencepiece_model={str(book_data / "sentencepiece.bpe.model")!r})
-torch.manual_seed(0)
-text = lm.sample("The captain said", beam=1, sampling=True, sampling_topk=10, max_len_b=80)
-print("SAMPLE:" + text)
-"""
-    sample = run_python(code).stdout.split("SAMPLE:")[-1].strip()
+    sample = sample_from_pretrained(save, book_data)
     assert sample.startswith("The captain said") and len(sample.split()) > 20  # > 2 windows: the state updated
 
 
 def test_two_cpu_processes_each_carry_their_own_lanes(book_data, tmp_path):
     argv = train_args(book_data, tmp_path, updates=3, extra=["--disable-validation"])[1:]
-    proc = subprocess.run([sys.executable, "-m", "fairseq_ext.launch_cpu", "--nprocs", "2", "--"] + argv,
-                          capture_output=True, text=True, timeout=300, env=subprocess_env())
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    assert "training on 2 devices" in proc.stdout + proc.stderr
+    train_on_two_cpu_processes(argv)
     state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
     recurrent_state = next(v for k, v in state.items() if k.endswith("attention.state._extra_state"))
     assert recurrent_state["train"][0].shape[0] == 2  # rank 0's own 2 lanes, not the 4 global ones

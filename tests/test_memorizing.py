@@ -13,7 +13,8 @@ from fairseq_ext.modules.knn_memory import (bucketed_topk, empty_memory, exact_t
                                             reference_bucketed_topk, reference_exact_topk, retrieve,
                                             retrieve_reference, write)
 from fairseq_ext.modules.window_attention import unit_normalise
-from helpers import USER_DIR, build_tiny_lm, json_log_records, long_document_train_args, run_fairseq
+from helpers import (USER_DIR, assert_training_lowered_the_loss, build_tiny_lm, run_fairseq, saved_extra_states,
+                     train_long_document_lm)
 
 W, L = 8, 16  # window, segment
 
@@ -254,19 +255,14 @@ SEGMENT = 64  # the tiny arch: W 32, a 256-slot memory in its top layer, k 32
 
 @pytest.fixture(scope="module")
 def trained(book_data, tmp_path_factory):
-    save = tmp_path_factory.mktemp("memorizing")
-    proc = run_fairseq(long_document_train_args(book_data, save, "memorizing_tiny", SEGMENT, updates=12))
-    return save, proc.stdout + proc.stderr
+    return train_long_document_lm(book_data, tmp_path_factory.mktemp("memorizing"), "memorizing_tiny", SEGMENT,
+                                  updates=12)
 
 
 def test_fairseq_train_lowers_the_loss_and_saves_the_training_memory(trained):
     save, output = trained
-    losses = [float(r["loss"]) for r in json_log_records(output)]
-    assert len(losses) == 12
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
-    assert json_log_records(output, prefix="valid"), "validation ran"
-    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
-    memory = [v for k, v in state.items() if k.endswith("memory._extra_state")]
+    assert_training_lowered_the_loss(output, updates=12, window=3, margin=0.3)
+    memory = saved_extra_states(save, "memory._extra_state")
     assert len(memory) == 1  # the top layer of 2
     keys, values, count = memory[0]["train"]
     assert keys.shape == values.shape == (2, 4, 256, 16)

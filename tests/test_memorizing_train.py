@@ -1,12 +1,9 @@
 """memorizing_lm through real fairseq processes: 2 CPU processes each keeping the kNN memory of
 its own lanes, a resumed run equal to an uninterrupted one (the checkpoint restores the training
 memory), and the fairseq-hydra-train recipe."""
-import subprocess
-import sys
-
 import torch
 
-from helpers import REPO, USER_DIR, json_log_records, long_document_train_args, run_fairseq, subprocess_env
+from helpers import REPO, USER_DIR, json_log_records, long_document_train_args, run_fairseq, train_on_two_cpu_processes
 
 L = 64  # segment; memorizing_tiny: W 32, a 256-slot memory (4 segments) in its top layer
 
@@ -54,10 +51,7 @@ def test_two_cpu_processes_each_keep_the_memory_of_their_own_lanes(book_data, tm
     steps = 3
     argv = train_args(book_data, tmp_path, steps, extra=["--disable-validation"])[1:]
     argv[argv.index("--lr") + 1] = "0"
-    proc = subprocess.run([sys.executable, "-m", "fairseq_ext.launch_cpu", "--nprocs", "2", "--"] + argv,
-                          capture_output=True, text=True, timeout=300, env=subprocess_env())
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    assert "training on 2 devices" in proc.stdout + proc.stderr
+    train_on_two_cpu_processes(argv)
     keys, values, count = saved_memory(load(tmp_path / "checkpoint_last.pt"))
     assert keys.shape == values.shape == (2, 4, 256, 16)  # rank 0's own 2 lanes, not the 4 global ones
     own = replay_memory(tmp_path / "checkpoint_last.pt", book_data, 0, 2, steps)

@@ -1,15 +1,14 @@
 """txl_lm through real fairseq processes: fairseq-train over streamed books (loss falls, a resumed
 run equals an uninterrupted one), fairseq-hydra-train, per-book fairseq-eval-lm against a
 one-book-at-a-time loop, TransformerLanguageModel.from_pretrained(...).sample(), 2 CPU processes."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import (REPO, USER_DIR, json_log_records, long_document_train_args, run_fairseq, run_python,
-                     subprocess_env)
+from helpers import (REPO, USER_DIR, assert_training_lowered_the_loss, json_log_records, long_document_train_args,
+                     run_fairseq, run_python, sample_from_pretrained, saved_extra_states, score_books,
+                     train_long_document_lm, train_on_two_cpu_processes)
 
 L = 64  # segment; the tiny arch's window is 32
 
@@ -20,20 +19,15 @@ def txl_args(data, save_dir, updates=12, extra=()):
 
 @pytest.fixture(scope="module")
 def trained(book_data, tmp_path_factory):
-    save = tmp_path_factory.mktemp("txl")
-    proc = run_fairseq(txl_args(book_data, save, updates=40))
-    return save, proc.stdout + proc.stderr
+    return train_long_document_lm(book_data, tmp_path_factory.mktemp("txl"), "txl_sliding_window_tiny", L,
+                                  updates=40)
 
 
 def test_training_over_streamed_books_lowers_the_loss(trained):
     save, output = trained
-    losses = [float(r["loss"]) for r in json_log_records(output)]
-    assert len(losses) == 40
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.4, losses
-    assert json_log_records(output, prefix="valid"), "validation ran"
-    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
-    cache_keys = [k for k in state["model"] if k.endswith("cache._extra_state")]
-    assert cache_keys and all(state["model"][k]["train"][0].shape == (2, 4, 32, 16) for k in cache_keys)
+    assert_training_lowered_the_loss(output, updates=40, window=5, margin=0.4)
+    caches = saved_extra_states(save, "cache._extra_state")
+    assert caches and all(cache["train"][0].shape == (2, 4, 32, 16) for cache in caches)
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(book_data, tmp_path):
@@ -85,14 +79,7 @@ print(json.dumps(out))
 
 def test_per_book_eval_lm_equals_a_one_book_at_a_time_loop(trained, book_data, tmp_path):
     save, _ = trained
-    out = tmp_path / "books.json"
-    proc = subprocess.run([sys.executable, "-m", "fairseq_ext.eval.books", str(book_data), "--path",
-                           str(save / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--task", "long_document_lm",
-                           "--gen-subset", "test", "--batch-size", "2", "--tokens-per-sample", str(L), "--cpu",
-                           "--all-lanes", "true", "--json-out", str(out)], capture_output=True, text=True, timeout=300, env=subprocess_env())
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    import json
-    result = json.loads(out.read_text())
+    result = score_books(save, book_data, L, tmp_path / "books.json", "--batch-size", 2, "--all-lanes", "true")
     reference = reference_book_losses(save / "checkpoint_last.pt", book_data)
     assert [b["tokens"] for b in result["books"]] == [n for n, _ in reference]
     for book, (_, loss) in zip(result["books"], reference):
@@ -100,12 +87,7 @@ def test_per_book_eval_lm_equals_a_one_book_at_a_time_loop(trained, book_data, t
     # all books at once on 2 lanes (a plain fairseq-eval-lm) scores the same tokens the same way
     assert result["all_lanes"]["loss_bits"] == pytest.approx(result["overall"]["loss_bits"], rel=1e-4)
     # --documents picks books: the same figure for book 1 alone, and an overall over it only
-    one = subprocess.run([sys.executable, "-m", "fairseq_ext.eval.books", str(book_data), "--path",
-                          str(save / "checkpoint_last.pt"), "--user-dir", USER_DIR, "--task", "long_document_lm",
-                          "--gen-subset", "test", "--tokens-per-sample", str(L), "--cpu", "--documents", "1",
-                          "--json-out", str(out)], capture_output=True, text=True, timeout=300, env=subprocess_env())
-    assert one.returncode == 0, one.stderr[-4000:]
-    picked = json.loads(out.read_text())
+    picked = score_books(save, book_data, L, tmp_path / "one_book.json", "--documents", 1)
     assert [b["document"] for b in picked["books"]] == [1] and "all_lanes" not in picked
     assert picked["overall"]["loss_bits"] == pytest.approx(result["books"][1]["loss_bits"], rel=1e-6)
     assert picked["overall"]["tokens"] == result["books"][1]["tokens"]
@@ -117,16 +99,7 @@ def test_per_book_eval_lm_equals_a_one_book_at_a_time_loop(trained, book_data, t
 
 def test_from_pretrained_samples_text_with_the_cache(trained, book_data):
     save, _ = trained
-    code = f"""
-import fairseq_ext, torch
-from fairseq.models.transformer_lm import TransformerLanguageModel
-lm = TransformerLanguageModel.from_pretrained({str(save)!r}, "checkpoint_last.pt", {str(book_data)!r},
-    bpe="sentencepiece", sentencepiece_model={str(book_data / "sentencepiece.bpe.model")!r})
-torch.manual_seed(0)
-text = lm.sample("The captain said", beam=1, sampling=True, sampling_topk=10, max_len_b=80)
-print("SAMPLE:" + text)
-"""
-    sample = run_python(code).stdout.split("SAMPLE:")[-1].strip()
+    sample = sample_from_pretrained(save, book_data)
     assert sample.startswith("The captain said") and len(sample.split()) > 20
 
 
@@ -142,11 +115,7 @@ def test_hydra_recipe_trains(book_data, tmp_path):
 
 def test_two_cpu_processes_each_stream_their_own_lanes(book_data, tmp_path):
     argv = txl_args(book_data, tmp_path, updates=4, extra=["--disable-validation"])[1:]
-    proc = subprocess.run([sys.executable, "-m", "fairseq_ext.launch_cpu", "--nprocs", "2", "--"] + argv,
-                          capture_output=True, text=True, timeout=300, env=subprocess_env())
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    output = proc.stdout + proc.stderr
-    assert "training on 2 devices" in output
+    train_on_two_cpu_processes(argv)
     state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert int(state["extra_state"]["train_iterator"]["iterations_in_epoch"]) > 0
     cache = next(v for k, v in state["model"].items() if k.endswith("cache._extra_state"))

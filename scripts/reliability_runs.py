@@ -78,7 +78,8 @@ def train_command(family: str, data: Path, save_dir: Path, updates: int, log_int
             "--max-update", str(updates), "--log-format", "json", "--log-interval", str(log_interval),
             "--validate-interval-updates", str(validate_interval), "--max-valid-steps", str(max_valid_steps),
             "--save-dir", str(save_dir), "--no-save", "--seed", "1",
-            # fairseq 0.12 aborts at exit when --max-valid-steps leaves its prefetch thread blocked
+            # fairseq 0.12 aborted at exit when its prefetching thread was busy (now stopped first by
+            # fairseq_ext.data.prefetch_exit); kept so that the recorded runs' commands stay the code's
             "--data-buffer-size", "0"]
 
 

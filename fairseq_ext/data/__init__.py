@@ -2,5 +2,6 @@
 
 Nothing here registers with fairseq, so nothing is imported eagerly: a task imports the dataset
 it uses (``long_document_lm`` -> ``document_stream``), and ``prepare`` (sentencepiece,
-``fairseq_cli.preprocess``) loads only when it runs.
+``fairseq_cli.preprocess``) loads only when it runs. ``prefetch_exit`` (an atexit callback) is
+imported by the package itself.
 """

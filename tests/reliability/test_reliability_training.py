@@ -33,11 +33,9 @@ def tiny(arch):
     return as_flags(tiny_options(arch))
 
 
-# A run stopped mid-epoch by --max-update sometimes aborts after "done training" ("terminate called
-# without an active exception", exit -6), seen only mid-epoch; fairseq's prefetching thread
-# (--data-buffer-size, BufferedIterator) still running at exit is the likely cause. Not prefetching
-# keeps this column about resuming.
-MID_EPOCH_STOP = ["--save-interval-updates", "1", "--disable-validation", "--data-buffer-size", "0"]
+# Stopping mid-epoch used to abort stock fairseq at exit ("terminate called without an active
+# exception"); fairseq_ext.data.prefetch_exit stops its prefetching thread first (test_prefetch_exit.py).
+MID_EPOCH_STOP = ["--save-interval-updates", "1", "--disable-validation"]
 
 
 def resume_args(arch, tiny_data, book_data, save_dir, updates):

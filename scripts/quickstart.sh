@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # README command 1: install, prepare the bundled sample, train a small masked LM of this plugin
-# through stock fairseq-train on CPU (about 6 minutes on 2 idle cores; the install before it about
-# 4.5), then fill masks from the checkpoint, and from the checkpoint shipped in checkpoints/ (the
-# same recipe, trained longer). QUICKSTART_UPDATES=300 takes about 10 minutes in all, install
-# included, but answers worse (valid ppl 230 vs 207; README).
+# through stock fairseq-train on CPU, then fill masks from the checkpoint, and from the checkpoint
+# shipped in checkpoints/ (the same recipe, trained longer). About 10 minutes from a fresh clone on
+# 2 idle cores, install included (README: how the time splits). QUICKSTART_UPDATES=300 saves about
+# a minute but answers worse (valid ppl 230 vs 207; README).
 # Re-running reuses the environment, the prepared data and the finished checkpoint.
 # The recipe is zero-clap (zero-vector masks, CLAP head, ALiBi; docs/families/roberta_ext.md):
 # of the five roberta_ext variants it learns fastest (docs/RESULTS.md); lr 2e-3 and 30 % masked

@@ -124,11 +124,11 @@ def saved_extra_states(save_dir: Path, suffix: str) -> list:
     return [v for k, v in state.items() if k.endswith(suffix)]
 
 
-def train_on_two_cpu_processes(argv: List[str]) -> str:
+def train_on_two_cpu_processes(argv: List[str], timeout: float = 300) -> str:
     """``fairseq-train argv`` (without the program name) on 2 gloo processes through
     ``fairseq_ext.launch_cpu``; return what it printed, after checking it trained on 2 devices."""
     proc = subprocess.run([sys.executable, "-m", "fairseq_ext.launch_cpu", "--nprocs", "2", "--", *map(str, argv)],
-                          capture_output=True, text=True, timeout=300, env=subprocess_env())
+                          capture_output=True, text=True, timeout=timeout, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-5000:]
     output = proc.stdout + proc.stderr
     assert "training on 2 devices" in output

@@ -51,7 +51,7 @@ def test_stopping_ends_the_consumer_after_at_most_one_more_item():
     source = SlowSource()
     buffered = BufferedIterator(4, source)
     assert next(buffered) == 0  # the consumer thread runs and fills its queue of 4
-    time.sleep(0.2)
+    time.sleep(1.0)  # the queue is full: the consumer waits in put with the next item made
     made_before = source.made
     assert stop_prefetching_threads() == 1
     assert not buffered._consumer.is_alive()

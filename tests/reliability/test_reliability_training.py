@@ -14,15 +14,13 @@ processes of every arch at tiny size (no dropout, plain SGD where runs are compa
   n/a for long-document LMs: a lane streams its document's segments in order, so two consecutive
   batches of one lane (accumulated) are not two lanes at once (2 processes); not compared.
 """
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from helpers import (assert_same_params, data_parallel_args, final_params, json_log_records,
-                     long_document_train_args, run_fairseq, set_arg, sixteen_sentence_data, subprocess_env,
-                     tiny_train_args)
+                     long_document_train_args, run_fairseq, set_arg, sixteen_sentence_data, tiny_train_args,
+                     train_on_two_cpu_processes)
 from reliability.archs import CAUSAL_SEGMENT, as_flags, is_causal, params, tiny_options
 
 ARCHS = params()  # every arch only with -m reliability (subprocess-heavy)
@@ -83,14 +81,6 @@ def dp_args(arch, data, save_dir, batch, extra=()):
     return data_parallel_args(data[0], save_dir, batch, arch, extra=[*tiny(arch), *extra])
 
 
-def launch(argv, nprocs=2):
-    cmd = [sys.executable, "-m", "fairseq_ext.launch_cpu", "--nprocs", str(nprocs), "--"] + [str(a) for a in argv[1:]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=subprocess_env())
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    assert f"training on {nprocs} devices" in proc.stdout + proc.stderr
-    return proc
-
-
 @pytest.fixture
 def dp_data(tiny_data, book_data, tmp_path):
     return sixteen_sentence_data(tiny_data, tmp_path), book_data
@@ -104,7 +94,7 @@ def full_batch(arch):
 def test_data_parallel(arch, dp_data, tmp_path):
     """2 gloo processes (launch_cpu, legacy_ddp) x half the batch = 1 process x the whole batch."""
     run_fairseq(dp_args(arch, dp_data, tmp_path / "one", full_batch(arch)))
-    launch(dp_args(arch, dp_data, tmp_path / "two", full_batch(arch) // 2))
+    train_on_two_cpu_processes(dp_args(arch, dp_data, tmp_path / "two", full_batch(arch) // 2)[1:], timeout=600)
     one, one_itr = final_params(tmp_path / "one")
     two, two_itr = final_params(tmp_path / "two")
     assert one_itr["epoch"] == two_itr["epoch"] and one_itr["iterations_in_epoch"] == two_itr["iterations_in_epoch"]

@@ -6,7 +6,7 @@
 # kept: fp16 weights (no optimizer state), dict.txt and the sentencepiece model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STAGES=${STAGES:-"400 800 1200"}
+STAGES=${STAGES:-"400 800 1200 1800 2400"}
 WORK=${WORK:-checkpoints/pg-sample-zero-clap-small-train}
 OUT=checkpoints/pg-sample-zero-clap-small
 for updates in $STAGES; do

@@ -147,15 +147,14 @@ def run_shards(archs: List[str], jobs: int, junit: str, pytest_args: List[str]) 
     reports."""
     shards = [shard for shard in (archs[i::jobs] for i in range(jobs)) if shard]
     reports = [junit if len(shards) == 1 else str(Path(junit).with_suffix(f".{i}.xml")) for i in range(len(shards))]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     procs = []
     for i, (shard, report) in enumerate(zip(shards, reports)):
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        env["RELIABILITY_ARCHS"] = ",".join(shard)
         whole = [] if i == 0 else [f"--ignore={TESTS}/{WHOLE_PLUGIN_TESTS}"]
         procs.append(subprocess.Popen([sys.executable, "-m", "pytest", "-q", TESTS, "-m", "not longrun",
                                        "-p", "no:cacheprovider", f"--junitxml={report}", *whole, *pytest_args],
-                                      cwd=REPO, env=env))
+                                      cwd=REPO, env=dict(env, RELIABILITY_ARCHS=",".join(shard))))
     return max(proc.wait() for proc in procs), reports
 
 
